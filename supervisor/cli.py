@@ -1,0 +1,144 @@
+"""Command line: `nnunet-supervise run|check|status CONFIG`; a bare `nnunet-supervise run.yaml` means run.
+
+Only this module turns SupervisorError into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from supervisor import __version__
+from supervisor.context import RunContext
+from supervisor.errors import ConfigError, SupervisorError
+from supervisor.events import read_events
+from supervisor.lock import RunLock
+from supervisor.loop import EXIT_USAGE
+from supervisor.state import StateStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+
+
+class _DefaultRunGroup(click.Group):
+    """`nnunet-supervise run.yaml` is `nnunet-supervise run run.yaml`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and args[0].endswith((".yaml", ".yml")):
+            args.insert(0, "run")
+        return super().resolve_command(ctx, args)
+
+
+def _fail(exc: SupervisorError) -> None:
+    if isinstance(exc, ConfigError):
+        click.echo(f"nnunet-supervise: invalid config {exc.source}:", err=True)
+        for p in exc.problems:
+            click.echo(f"  - {p}", err=True)
+    else:
+        click.echo(f"nnunet-supervise: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _load(config: Path) -> RunContext:
+    try:
+        return RunContext.load(config)
+    except SupervisorError as exc:
+        _fail(exc)
+        raise  # unreachable; keeps type checkers content
+
+
+@click.group(cls=_DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nnunet-supervise")
+def main() -> None:
+    """Keep an nnU-Net v2 training alive: relaunch with --c after crashes, back off, never lose a checkpoint."""
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def run(config: Path, verbose: bool) -> None:
+    """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75).
+
+    Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request.
+    """
+    from supervisor.preflight import Report, cheap_checks
+    from supervisor.runner import Runner
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    ctx = _load(config)
+    report = Report()
+    cheap_checks(ctx, report)
+    if not report.ok:
+        _fail(ConfigError(report.problems, str(ctx.config_path)))
+    logging.getLogger("nnunet_supervise").info("supervising %s (run directory %s)", ctx.config_path,
+                                                ctx.layout.supervisor_dir)
+    try:
+        code = Runner(ctx).run()
+    except SupervisorError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+@main.command()
+@CONFIG_ARG
+def check(config: Path) -> None:
+    """Validate the config and pre-flight the run without launching (0 ok, 2 problems)."""
+    from supervisor.preflight import full_check
+
+    ctx = _load(config)
+    report = full_check(ctx)
+    for note in report.notes:
+        click.echo(f"ok    {note}")
+    for problem in report.problems:
+        click.echo(f"FAIL  {problem}")
+    click.echo(f"{ctx.config_path}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
+    sys.exit(0 if report.ok else EXIT_USAGE)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def status(config: Path, as_json: bool) -> None:
+    """Show the run's state from its run directory (works while running and after)."""
+    ctx = _load(config)
+    layout = ctx.layout
+    state = StateStore(layout.state_file).load()
+    lock = RunLock(layout.lock_file)
+    live = lock.is_held_elsewhere()
+    events = list(read_events(layout.events_file))
+    info = {
+        "state": state.get("state", "never run"),
+        "supervisor_alive": live,
+        "attempt": state.get("attempt", 0),
+        "restarts": state.get("restarts", 0),
+        "epoch": state.get("epoch"),
+        "best_epoch": state.get("best_epoch"),
+        "pid": state.get("pid") if live else None,
+        "last_exit": state.get("last_exit"),
+        "finished": layout.is_finished(),
+        "checkpoints": [p.name for p in layout.existing_checkpoints()],
+        "run_dir": str(layout.supervisor_dir),
+        "last_event": events[-1] if events else None,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(f"run        {layout.fold_dir}")
+    click.echo(f"state      {info['state']}{' (supervisor running)' if live else ''}")
+    click.echo(f"attempt    {info['attempt']} (restarts {info['restarts']})")
+    click.echo(f"epoch      {info['epoch']} (furthest {info['best_epoch']})")
+    click.echo(f"checkpoints {', '.join(info['checkpoints']) or 'none'}")
+    if info["last_exit"]:
+        le = info["last_exit"]
+        click.echo(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")
+    if info["last_event"]:
+        ev = info["last_event"]
+        click.echo(f"last event {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['ts']))} {ev['event']}")

@@ -1,0 +1,57 @@
+"""The nnUNetv2_train command line and environment for one attempt, built as data (never a shell string)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from supervisor.context import RunContext
+from supervisor.errors import LaunchError
+from supervisor.process import MARKER_VAR
+
+ATTEMPT_VAR = "NNUNET_SUPERVISE_ATTEMPT"
+
+
+def train_executable() -> str:
+    """nnUNetv2_train from the supervisor's own environment first (the venv it was installed into), then PATH."""
+    beside = Path(sys.executable).parent / "nnUNetv2_train"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("nnUNetv2_train")
+    if found is None:
+        raise LaunchError("nnUNetv2_train not found beside this Python or on PATH; `pip install nnunetv2`")
+    return found
+
+
+def build_argv(ctx: RunContext, executable: str, resume: bool) -> list[str]:
+    """nnUNetv2_train DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c] [extra_args]."""
+    nn = ctx.config.nnunet
+    argv = [executable, str(nn.dataset), nn.configuration, str(nn.fold),
+            "-tr", nn.trainer, "-p", nn.plans, "-device", nn.device]
+    if nn.num_gpus != 1:
+        argv += ["-num_gpus", str(nn.num_gpus)]
+    if resume:
+        argv.append("--c")
+    return argv + list(nn.extra_args)
+
+
+def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The trainer's environment: ours, plus the config's env, nnU-Net's folders and custom trainer paths."""
+    env = dict(os.environ if base is None else base)
+    env.update(ctx.config.nnunet.env)
+    env["nnUNet_preprocessed"] = str(ctx.paths.preprocessed)
+    env["nnUNet_results"] = str(ctx.paths.results)
+    if ctx.paths.raw is not None:
+        env["nnUNet_raw"] = str(ctx.paths.raw)
+    ext = [str(p) for p in ctx.trainer_paths]
+    if env.get("nnUNet_extTrainer"):
+        ext.append(env["nnUNet_extTrainer"])
+    if ext:
+        env["nnUNet_extTrainer"] = os.pathsep.join(ext)
+    env[ATTEMPT_VAR] = str(attempt)
+    env[MARKER_VAR] = str(ctx.layout.fold_dir)
+    env["PYTHONUNBUFFERED"] = "1"  # the attempt log shows the traceback even when the trainer is SIGKILLed
+    return env

@@ -1,0 +1,266 @@
+"""Load run.yaml into strict, typed models; every error names the key path, the value and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from supervisor.errors import ConfigError
+
+DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PATH_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+# Arguments the supervisor itself controls; passing them through extra_args would fight it.
+RESERVED_ARGS = {"--c", "-tr", "-p", "-device", "-num_gpus", "--val", "-pretrained_weights"}
+
+
+class _Section(BaseModel):
+    # strict: "10" is not an int and true is not a number; extra keys are errors, not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NnunetSection(_Section):
+    """What to train: the arguments of nnUNetv2_train."""
+
+    dataset: Union[int, str]
+    configuration: str
+    fold: Union[int, Literal["all"]] = 0
+    trainer: str = "nnUNetTrainer"
+    plans: str = "nnUNetPlans"
+    device: Literal["cuda", "cpu", "mps"] = "cuda"
+    num_gpus: int = Field(1, ge=1)
+    trainer_paths: list[str] = []
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int):
+            if not 1 <= v <= 999:
+                raise ValueError("a dataset id from 1 to 999 or a full name like Dataset901_Tiny")
+            return v
+        if v.isdigit():
+            return cls._dataset(int(v))
+        if not DATASET_NAME_RE.match(v):
+            raise ValueError("a dataset id from 1 to 999 or a full name like Dataset901_Tiny")
+        return v
+
+    @field_validator("fold")
+    @classmethod
+    def _fold(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int) and v < 0:
+            raise ValueError('a fold number 0, 1, 2, ... or "all"')
+        return v
+
+    @field_validator("trainer", "plans")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not IDENTIFIER_RE.match(v):
+            raise ValueError("a Python identifier (letters, digits, underscore)")
+        return v
+
+    @field_validator("configuration")
+    @classmethod
+    def _configuration(cls, v: str) -> str:
+        if not v or "/" in v or v.strip() != v:
+            raise ValueError("a configuration name from the plans, e.g. 3d_fullres or 2d")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args(cls, v: list[str]) -> list[str]:
+        clash = sorted(set(v) & RESERVED_ARGS)
+        if clash:
+            raise ValueError(
+                f"arguments other than {', '.join(sorted(RESERVED_ARGS))}: the supervisor sets those itself "
+                f"from the other nnunet keys ({', '.join(clash)} given)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _gpus(self) -> NnunetSection:
+        if self.num_gpus > 1 and self.device != "cuda":
+            raise ValueError(f"num_gpus > 1 only with device: cuda (nnU-Net's DDP is CUDA only; got {self.num_gpus})")
+        return self
+
+
+class PathsSection(_Section):
+    """nnU-Net's three folders; each defaults to the environment variable of the same name."""
+
+    nnUNet_raw: Union[str, None] = None
+    nnUNet_preprocessed: Union[str, None] = None
+    nnUNet_results: Union[str, None] = None
+
+
+class RestartSection(_Section):
+    """When and how fast to relaunch after a failure."""
+
+    max_restarts: int = Field(10, ge=0)
+    backoff_initial_s: float = Field(10.0, ge=0)
+    backoff_max_s: float = Field(600.0, ge=0)
+    max_attempts_without_progress: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> RestartSection:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s >= backoff_initial_s (got {self.backoff_max_s} < {self.backoff_initial_s})"
+            )
+        return self
+
+
+class ProcessSection(_Section):
+    """How the trainer's process tree is stopped (extension to the contract)."""
+
+    stop_grace_s: float = Field(30.0, ge=0)
+
+
+class HeartbeatSection(_Section):
+    """Progress expectations (stall detection arrives with the heartbeat issue)."""
+
+    startup_grace_s: float = Field(900.0, ge=0)
+    stall_timeout_s: Union[Literal["auto"], float] = "auto"
+
+    @field_validator("stall_timeout_s")
+    @classmethod
+    def _positive(cls, v: Union[str, float]) -> Union[str, float]:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError('"auto" or a number of seconds > 0')
+        return v
+
+
+class CheckpointSection(_Section):
+    """What to do about checkpoints that cannot be resumed."""
+
+    on_incompatible: Literal["stop", "warm_start"] = "stop"
+    allow_fresh_start: bool = False
+
+
+class CooperativeSection(_Section):
+    """Launch through the supervisor's shim for atomic, frequent, on-request saves."""
+
+    enabled: bool = False
+    save_every_epochs: int = Field(1, ge=1)
+    save_every_s: Union[float, None] = Field(None, gt=0)
+
+    @field_validator("enabled")
+    @classmethod
+    def _not_yet(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("false: cooperative mode is not available in this version yet")
+        return v
+
+
+class Config(_Section):
+    """A whole run.yaml."""
+
+    nnunet: NnunetSection
+    paths: PathsSection = PathsSection()
+    restart: RestartSection = RestartSection()
+    process: ProcessSection = ProcessSection()
+    heartbeat: HeartbeatSection = HeartbeatSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    cooperative: CooperativeSection = CooperativeSection()
+
+
+class ResolvedPaths(BaseModel):
+    """Absolute nnU-Net folders after applying environment defaults."""
+
+    model_config = ConfigDict(frozen=True)
+
+    raw: Union[Path, None]
+    preprocessed: Path
+    results: Path
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at the mapping that holds loc[-1]."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+_TYPE_TAGS = {"int", "str", "float", "bool", "none"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags (int, literal['all'], ...) so only the user's keys remain."""
+    return tuple(p for p in loc if isinstance(p, int) or (IDENTIFIER_RE.match(p) and p not in _TYPE_TAGS))
+
+
+def _describe(loc: tuple[Any, ...], kind: str, value: Any, msgs: list[str]) -> str:
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{path}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    return f"{path}: got {value!r}; allowed: " + " or ".join(msgs)
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping with an 'nnunet' section, got {type(data).__name__}"],
+                          source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        # A Union reports once per member: merge those into one line per key path.
+        grouped: dict[tuple[Any, ...], tuple[str, Any, list[str]]] = {}
+        for err in exc.errors():
+            loc = _key_path(tuple(err["loc"]))
+            msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
+            kind, value, msgs = grouped.setdefault(loc, (err["type"], err.get("input"), []))
+            if msg not in msgs:
+                msgs.append(msg)
+        raise ConfigError([_describe(loc, *v) for loc, v in grouped.items()], source) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate run.yaml."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    return parse_config(data, str(path))
+
+
+def resolve_paths(cfg: Config, base: Path, environ: dict[str, str] | None = None) -> ResolvedPaths:
+    """Fill nnU-Net folders from the environment; relative paths count from the config file's folder."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Path | None] = {}
+    problems = []
+    for name in PATH_ENV_VARS:
+        raw_value = getattr(cfg.paths, name) or env.get(name)
+        values[name] = (base / raw_value).resolve() if raw_value else None
+        if values[name] is None and name != "nnUNet_raw":
+            problems.append(f"paths.{name}: not set in the config and ${name} is not in the environment")
+    if problems:
+        raise ConfigError(problems)
+    pre, res = values["nnUNet_preprocessed"], values["nnUNet_results"]
+    assert pre is not None and res is not None
+    return ResolvedPaths(raw=values["nnUNet_raw"], preprocessed=pre, results=res)
+
+
+def trainer_paths(cfg: Config, base: Path) -> list[Path]:
+    """Custom trainer folders as absolute paths."""
+    return [(base / p).resolve() for p in cfg.nnunet.trainer_paths]

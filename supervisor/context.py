@@ -1,0 +1,34 @@
+"""A loaded config with everything derived from it: nnU-Net folders, dataset name, run layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.config import Config, ResolvedPaths, load_config, resolve_paths, trainer_paths
+from supervisor.layout import RunLayout, resolve_dataset_name
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run, resolved: which folders, which fold, which trainer folders."""
+
+    config_path: Path
+    config: Config
+    paths: ResolvedPaths
+    dataset_name: str
+    layout: RunLayout
+    trainer_paths: list[Path]
+
+    @classmethod
+    def load(cls, config_path: Path) -> RunContext:
+        """Load and resolve; raises ConfigError naming what is wrong."""
+        config_path = config_path.resolve()
+        cfg = load_config(config_path)
+        base = config_path.parent
+        paths = resolve_paths(cfg, base)
+        roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
+        name = resolve_dataset_name(cfg.nnunet.dataset, roots)
+        nn = cfg.nnunet
+        layout = RunLayout(paths.results, name, nn.trainer, nn.plans, nn.configuration, nn.fold)
+        return cls(config_path, cfg, paths, name, layout, trainer_paths(cfg, base))

@@ -1,0 +1,84 @@
+"""Where nnU-Net keeps things: dataset names, the fold folder, checkpoints, and our run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from supervisor.errors import ConfigError
+
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def resolve_dataset_name(dataset: Union[int, str], roots: list[Path]) -> str:
+    """Turn a dataset id into its DatasetXXX_Name folder the way nnU-Net does (unique across the roots)."""
+    if isinstance(dataset, str):
+        return dataset
+    prefix = f"Dataset{dataset:03d}_"
+    found = sorted({p.name for root in roots if root.is_dir() for p in root.iterdir()
+                    if p.is_dir() and p.name.startswith(prefix)})
+    if not found:
+        raise ConfigError([f"nnunet.dataset: no folder {prefix}* in " + ", ".join(str(r) for r in roots)])
+    if len(found) > 1:
+        raise ConfigError([f"nnunet.dataset: id {dataset} is ambiguous, found {', '.join(found)}; "
+                           "give the full name instead"])
+    return found[0]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one training run (dataset, trainer, plans, configuration, fold) under nnUNet_results."""
+
+    results: Path
+    dataset_name: str
+    trainer: str
+    plans: str
+    configuration: str
+    fold: Union[int, str]
+
+    @property
+    def fold_dir(self) -> Path:
+        return (self.results / self.dataset_name / f"{self.trainer}__{self.plans}__{self.configuration}"
+                / f"fold_{self.fold}")
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.fold_dir / "supervisor"
+
+    @property
+    def state_file(self) -> Path:
+        return self.supervisor_dir / "state.json"
+
+    @property
+    def events_file(self) -> Path:
+        return self.supervisor_dir / "events.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.supervisor_dir / "supervisor.lock"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.supervisor_dir / "quarantine"
+
+    def attempt_log(self, attempt: int) -> Path:
+        return self.supervisor_dir / f"attempt-{attempt}.log"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.fold_dir / name
+
+    def existing_checkpoints(self) -> list[Path]:
+        """Checkpoints in the order nnU-Net's --c looks for them (final, latest, best)."""
+        return [p for p in map(self.checkpoint, CHECKPOINT_NAMES) if p.is_file()]
+
+    def is_finished(self) -> bool:
+        """A fold is done when training wrote checkpoint_final.pth and validation wrote its summary."""
+        return (self.checkpoint("checkpoint_final.pth").is_file()
+                and (self.fold_dir / "validation" / "summary.json").is_file())
+
+    def training_logs(self) -> list[Path]:
+        """nnU-Net's training_log_*.txt files, oldest first (one per trainer start)."""
+        if not self.fold_dir.is_dir():
+            return []
+        return sorted(self.fold_dir.glob("training_log_*.txt"), key=lambda p: (p.stat().st_mtime, p.name))

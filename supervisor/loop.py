@@ -1,0 +1,293 @@
+"""The pure decision loop: step(state, event, now) -> (state, actions). No processes, no clocks, no I/O.
+
+Lifecycle (every transition is in `Decider.step`; anything else raises IllegalTransition):
+
+    INIT ──Begin──▶ STARTING ──Launched──▶ RUNNING ──ChildExited(finished)──────────────▶ FINISHED (exit 0)
+     │                 │                      │ ──ChildExited(not retryable / give up)──▶ FAILED   (exit 1)
+     │ Begin(finished) │ LaunchFailed         │ ──ChildExited(retryable)──▶ BACKOFF ──deadline──▶ STARTING
+     ▼                 ▼                      │ ──StopRequested──▶ STOPPING ──ChildExited──▶ STOPPED (exit 75)
+    FINISHED         FAILED                   │                     └─deadline: Kill (stays STOPPING)
+                                   BACKOFF ──StopRequested──▶ STOPPED (exit 75)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Union
+
+from supervisor.classify import classify_exit
+from supervisor.policy import RestartPolicy
+
+EXIT_FINISHED = 0
+EXIT_GAVE_UP = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request, resumable
+
+
+class Phase(str, Enum):
+    INIT = "init"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.FINISHED, Phase.FAILED, Phase.STOPPED)
+
+
+class IllegalTransition(RuntimeError):
+    """An event arrived in a phase where it cannot happen: a bug in the runner, never ignored."""
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """Everything the decisions depend on."""
+
+    phase: Phase = Phase.INIT
+    attempt: int = 0  # number of the latest attempt; continues across supervisor runs (attempt-N.log)
+    restarts: int = 0  # relaunches after a failure, by this supervisor
+    failures_in_row: int = 0  # failures since the last attempt that made progress (backoff exponent)
+    attempts_without_progress: int = 0
+    best_epoch: int = 0  # most epochs completed seen so far (training log or checkpoint)
+    deadline: Union[float, None] = None  # monotonic time of the next timed decision
+    stop_reason: Union[str, None] = None
+    killed: bool = False
+    exit_code: Union[int, None] = None
+    last_exit: Union[dict[str, Any], None] = None
+
+
+# ---- events (facts, gathered by the runner) ----
+
+@dataclass(frozen=True)
+class Begin:
+    finished: bool  # checkpoint_final.pth + validation/summary.json already there
+    resume: bool  # a checkpoint exists, so the first launch uses --c
+    best_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    argv: tuple[str, ...]
+    resume: bool
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    returncode: int
+    log_tail: str
+    finished: bool
+    epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    reason: str  # signal name (SIGTERM, ...) or a reason in words
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; lets deadlines fire."""
+
+
+Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick]
+
+
+# ---- actions (carried out by the runner) ----
+
+@dataclass(frozen=True)
+class Launch:
+    attempt: int
+    resume: bool
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """SIGTERM the trainer's process group."""
+
+    grace_s: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    """SIGKILL the trainer's whole tree."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Append one event to events.jsonl."""
+
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Say:
+    """One human-readable log line."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+
+
+Action = Union[Launch, Terminate, Kill, Record, Say, Exit]
+
+
+class Decider:
+    """Turns events into actions under a restart policy; `rand` supplies the backoff jitter in [0, 1)."""
+
+    def __init__(self, policy: RestartPolicy, stop_grace_s: float,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.policy = policy
+        self.stop_grace_s = stop_grace_s
+        self.rand = rand
+
+    def step(self, s: LoopState, ev: Event, now: float) -> tuple[LoopState, list[Action]]:
+        phase = s.phase
+        if phase.terminal:
+            return s, []  # late events (a signal while exiting) change nothing
+        if isinstance(ev, Tick):
+            return self._tick(s, now)
+        if isinstance(ev, StopRequested):
+            return self._stop(s, ev, now)
+        if phase is Phase.INIT and isinstance(ev, Begin):
+            return self._begin(s, ev)
+        if phase is Phase.STARTING and isinstance(ev, Launched):
+            # STARTING -> RUNNING
+            return replace(s, phase=Phase.RUNNING), [
+                Record("launch", {"attempt": s.attempt, "pid": ev.pid, "argv": list(ev.argv), "resume": ev.resume}),
+                Say(f"attempt {s.attempt} started (pid {ev.pid}){' with --c' if ev.resume else ''}"),
+            ]
+        if phase is Phase.STARTING and isinstance(ev, LaunchFailed):
+            # STARTING -> FAILED
+            return self._give_up(s, "launch_failed", f"could not start the trainer: {ev.reason}")
+        if phase is Phase.RUNNING and isinstance(ev, ChildExited):
+            return self._exited(s, ev, now)
+        if phase is Phase.STOPPING and isinstance(ev, ChildExited):
+            return self._exited_while_stopping(s, ev)
+        raise IllegalTransition(f"{type(ev).__name__} in phase {phase.value}")
+
+    def _begin(self, s: LoopState, ev: Begin) -> tuple[LoopState, list[Action]]:
+        if ev.finished:
+            # INIT -> FINISHED: never relaunch a finished fold (--c would redo its validation)
+            return replace(s, phase=Phase.FINISHED, exit_code=EXIT_FINISHED), [
+                Record("finished", {"already": True}),
+                Say("this fold is already finished (checkpoint_final.pth and validation/summary.json); nothing to do"),
+                Exit(EXIT_FINISHED),
+            ]
+        # INIT -> STARTING
+        attempt = s.attempt + 1
+        return replace(s, phase=Phase.STARTING, attempt=attempt, best_epoch=ev.best_epoch), [
+            Launch(attempt, ev.resume)]
+
+    def _tick(self, s: LoopState, now: float) -> tuple[LoopState, list[Action]]:
+        if s.deadline is None or now < s.deadline:
+            return s, []
+        if s.phase is Phase.BACKOFF:
+            # BACKOFF -> STARTING: every relaunch resumes with --c
+            attempt = s.attempt + 1
+            return replace(s, phase=Phase.STARTING, attempt=attempt, restarts=s.restarts + 1, deadline=None), [
+                Launch(attempt, True)]
+        if s.phase is Phase.STOPPING and not s.killed:
+            # STOPPING -> STOPPING: the grace period is over
+            return replace(s, killed=True, deadline=None), [
+                Say(f"trainer did not exit within {self.stop_grace_s:g} s of SIGTERM; sending SIGKILL"), Kill()]
+        return replace(s, deadline=None), []
+
+    def _stop(self, s: LoopState, ev: StopRequested, now: float) -> tuple[LoopState, list[Action]]:
+        record = Record("stop_requested", {"reason": ev.reason, **({"signal": ev.reason}
+                                                                    if ev.reason.startswith("SIG") else {})})
+        if s.phase is Phase.RUNNING:
+            # RUNNING -> STOPPING
+            return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, deadline=now + self.stop_grace_s), [
+                record, Say(f"{ev.reason} received: stopping the trainer (attempt {s.attempt}) resumably"),
+                Terminate(self.stop_grace_s)]
+        if s.phase is Phase.STOPPING:
+            if s.killed:
+                return s, []
+            # STOPPING -> STOPPING: a second request does not wait for the grace period
+            return replace(s, killed=True, deadline=None), [
+                Say(f"{ev.reason} received again: killing the trainer now"), Kill()]
+        if s.phase in (Phase.BACKOFF, Phase.INIT):
+            # BACKOFF -> STOPPED: nothing is running
+            return replace(s, phase=Phase.STOPPED, stop_reason=ev.reason, deadline=None, exit_code=EXIT_STOPPED), [
+                record, Say(f"{ev.reason} received: stopped before the next launch; resume with the same command"),
+                Exit(EXIT_STOPPED)]
+        raise IllegalTransition(f"StopRequested in phase {s.phase.value}")
+
+    def _exit_record(self, s: LoopState, ev: ChildExited, kind: str, retryable: bool,
+                     summary: str) -> tuple[dict[str, Any], Record]:
+        fields = {"attempt": s.attempt, "returncode": ev.returncode, "classification": kind,
+                  "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed}
+        return fields, Record("exit", fields)
+
+    def _exited(self, s: LoopState, ev: ChildExited, now: float) -> tuple[LoopState, list[Action]]:
+        c = classify_exit(ev.returncode, ev.log_tail, ev.finished)
+        last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary)
+        progressed = ev.epochs_completed > s.best_epoch
+        s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed))
+        head = f"attempt {s.attempt} exited: {c.summary}"
+        if c.kind == "finished":
+            # RUNNING -> FINISHED
+            return replace(s, phase=Phase.FINISHED, exit_code=EXIT_FINISHED), [
+                record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch}),
+                Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(EXIT_FINISHED)]
+        if not c.retryable:
+            return self._give_up(s, c.kind, f"{head} (not retryable). {c.advice}".strip(), [record])
+        failures = 1 if progressed else s.failures_in_row + 1
+        no_progress = 0 if progressed else s.attempts_without_progress + 1
+        s = replace(s, failures_in_row=failures, attempts_without_progress=no_progress)
+        if no_progress >= self.policy.max_attempts_without_progress:
+            return self._give_up(s, "no_progress", f"{head} (retryable), but {no_progress} attempts in a row made "
+                                 f"no epoch progress (stuck at epoch {s.best_epoch}); giving up", [record])
+        if s.restarts >= self.policy.max_restarts:
+            return self._give_up(s, "restart_budget", f"{head} (retryable), but the restart budget "
+                                 f"({self.policy.max_restarts}) is used up; giving up", [record])
+        delay = self.policy.backoff(failures, self.rand())
+        restart = s.restarts + 1
+        # RUNNING -> BACKOFF
+        return replace(s, phase=Phase.BACKOFF, deadline=now + delay), [
+            record,
+            Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
+                               "progress": progressed}),
+            Say(f"{head} (retryable); epoch {ev.epochs_completed} reached; relaunching with --c in {delay:.1f} s "
+                f"(restart {restart}/{self.policy.max_restarts})"),
+        ]
+
+    def _exited_while_stopping(self, s: LoopState, ev: ChildExited) -> tuple[LoopState, list[Action]]:
+        finished = ev.returncode == 0 and ev.finished
+        kind = "finished" if finished else "stopped"
+        last, record = self._exit_record(s, ev, kind, False, f"stopped on request ({s.stop_reason})")
+        s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed), deadline=None)
+        if finished:
+            # STOPPING -> FINISHED: it completed before the stop took effect
+            return replace(s, phase=Phase.FINISHED, exit_code=EXIT_FINISHED), [
+                record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch}),
+                Say("the trainer finished while stopping. Done."), Exit(EXIT_FINISHED)]
+        # STOPPING -> STOPPED
+        return replace(s, phase=Phase.STOPPED, exit_code=EXIT_STOPPED), [
+            record, Say(f"trainer stopped at epoch {ev.epochs_completed}; the run is resumable with the same command"),
+            Exit(EXIT_STOPPED)]
+
+    def _give_up(self, s: LoopState, reason: str, message: str,
+                 before: list[Action] | None = None) -> tuple[LoopState, list[Action]]:
+        # any -> FAILED
+        return replace(s, phase=Phase.FAILED, deadline=None, exit_code=EXIT_GAVE_UP), [
+            *(before or []), Record("give_up", {"reason": reason, "message": message}), Say(message),
+            Exit(EXIT_GAVE_UP)]

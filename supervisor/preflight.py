@@ -1,0 +1,158 @@
+"""Pre-flight checks for `check` (and the cheap part for `run`): everything nnU-Net would trip over later."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.command import build_env, train_executable
+from supervisor.context import RunContext
+from supervisor.errors import LaunchError
+from supervisor.lock import RunLock
+from supervisor.trainer_lookup import find_trainer
+
+
+@dataclass
+class Report:
+    """What the checks found: `problems` block a launch, `notes` are for information."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _load_json(path: Path, report: Report, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        report.problems.append(f"{what} not found: {path}")
+    except (OSError, ValueError) as exc:
+        report.problems.append(f"{what} unreadable: {path}: {exc}")
+    return None
+
+
+def estimate_checkpoint_bytes(arch_kwargs: dict[str, Any], in_channels: int, n_classes: int) -> int:
+    """Rough size of one checkpoint: conv weights of a plain U-Net encoder+decoder, times 2 for SGD momentum."""
+    features = list(arch_kwargs.get("features_per_stage", []))
+    kernels = list(arch_kwargs.get("kernel_sizes", []))
+    convs = arch_kwargs.get("n_conv_per_stage", 2)
+    convs = list(convs) if isinstance(convs, list) else [convs] * len(features)
+    params = 0
+    prev = in_channels
+    for f, k, n in zip(features, kernels, convs):
+        kvol = math.prod(k) if isinstance(k, list) else k
+        params += kvol * prev * f + kvol * f * f * max(0, n - 1)
+        prev = f
+    params *= 2  # the decoder mirrors the encoder
+    params += (features[0] if features else 32) * n_classes * len(features)
+    return int(params * 4 * 2 * 1.1)
+
+
+def cheap_checks(ctx: RunContext, report: Report) -> None:
+    """Dataset, plans, configuration, folds, executable, results folder, disk: no subprocess."""
+    nn = ctx.config.nnunet
+    pre = ctx.paths.preprocessed / ctx.dataset_name
+    if not pre.is_dir():
+        report.problems.append(f"preprocessed dataset missing: {pre} (run nnUNetv2_plan_and_preprocess "
+                               f"-d {nn.dataset} first)")
+        return
+    report.notes.append(f"dataset {ctx.dataset_name} in {ctx.paths.preprocessed}")
+    plans = _load_json(pre / f"{nn.plans}.json", report, f"plans '{nn.plans}'")
+    dataset_json = _load_json(pre / "dataset.json", report, "dataset.json")
+    if isinstance(plans, dict):
+        configs = plans.get("configurations", {})
+        if nn.configuration not in configs:
+            report.problems.append(f"nnunet.configuration: '{nn.configuration}' is not in {nn.plans}.json; "
+                                   f"available: {', '.join(sorted(configs))}")
+        else:
+            ident = configs[nn.configuration].get("data_identifier")
+            if ident and not (pre / ident).is_dir():
+                report.problems.append(f"preprocessed data for {nn.configuration} missing: {pre / ident} "
+                                       f"(run nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration})")
+    _check_fold(ctx, pre, report)
+    try:
+        report.notes.append(f"trainer executable {train_executable()}")
+    except LaunchError as exc:
+        report.problems.append(str(exc))
+    for p in ctx.trainer_paths:
+        if not p.is_dir():
+            report.problems.append(f"nnunet.trainer_paths: {p} is not a folder")
+    _check_results(ctx, plans, dataset_json, report)
+
+
+def _check_fold(ctx: RunContext, pre: Path, report: Report) -> None:
+    fold = ctx.config.nnunet.fold
+    if fold == "all":
+        return
+    splits_file = pre / "splits_final.json"
+    if splits_file.is_file():
+        splits = _load_json(splits_file, report, "splits_final.json")
+        if isinstance(splits, list) and isinstance(fold, int) and fold >= len(splits):
+            report.problems.append(f"nnunet.fold: {fold} is not in {splits_file} ({len(splits)} folds: 0-"
+                                   f"{len(splits) - 1}); nnU-Net would silently train a random 80:20 split")
+    elif isinstance(fold, int) and fold > 4:
+        report.problems.append(f"nnunet.fold: {fold}; without splits_final.json nnU-Net makes 5 folds (0-4)")
+
+
+def _check_results(ctx: RunContext, plans: Any, dataset_json: Any, report: Report) -> None:
+    probe = ctx.layout.fold_dir
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".nnunet-supervise-check-"):
+            pass
+    except OSError as exc:
+        report.problems.append(f"results folder not writable: {probe}: {exc.strerror}")
+        return
+    existing = ctx.layout.existing_checkpoints()
+    if existing:
+        one = max(p.stat().st_size for p in existing)
+        how = "largest existing checkpoint"
+    elif isinstance(plans, dict) and isinstance(dataset_json, dict):
+        arch = plans.get("configurations", {}).get(ctx.config.nnunet.configuration, {}).get("architecture", {})
+        one = estimate_checkpoint_bytes(arch.get("arch_kwargs", {}), len(dataset_json.get("channel_names", {1: 1})),
+                                        len(dataset_json.get("labels", {1: 1, 2: 2})))
+        how = "estimated from the plans"
+    else:
+        return
+    free = shutil.disk_usage(probe).free
+    need = 2 * one
+    if free < need:
+        report.problems.append(f"not enough free disk in {probe}: {free / 1e6:.0f} MB free, need {need / 1e6:.0f} MB "
+                               f"for two checkpoints ({how})")
+    else:
+        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints need ~{need / 1e6:.0f} MB, {how})")
+
+
+def full_check(ctx: RunContext) -> Report:
+    """Everything `nnunet-supervise check` reports, including the trainer lookup subprocess."""
+    report = Report()
+    cheap_checks(ctx, report)
+    nn = ctx.config.nnunet
+    found = find_trainer(nn.trainer, build_env(ctx, attempt=0))
+    if found.get("found"):
+        report.notes.append(f"trainer {nn.trainer} found in {found.get('file')}")
+    else:
+        where = f" (also searched nnunet.trainer_paths: {', '.join(map(str, ctx.trainer_paths))})" \
+            if ctx.trainer_paths else ""
+        report.problems.append(f"nnunet.trainer: {nn.trainer} cannot be loaded{where}: {found.get('error')}")
+    lock = RunLock(ctx.layout.lock_file)
+    if lock.is_held_elsewhere():
+        holder = lock.holder() or {}
+        report.notes.append(f"a supervisor is running this fold now (pid {holder.get('pid', '?')})")
+    if ctx.layout.is_finished():
+        report.notes.append("this fold is already finished; `run` will exit 0 without launching")
+    elif ctx.layout.existing_checkpoints():
+        report.notes.append("checkpoints exist; `run` will resume with --c")
+    if os.environ.get("nnUNet_extTrainer") and ctx.trainer_paths:
+        report.notes.append("nnunet.trainer_paths are searched before $nnUNet_extTrainer")
+    return report

@@ -1,0 +1,80 @@
+"""Read epoch progress from nnU-Net's training_log_*.txt, incrementally and without torch."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# nnU-Net writes "<timestamp>: Epoch 12" when an epoch starts and "<timestamp>: Epoch time: 2.5 s" when it ends.
+EPOCH_START = re.compile(r": Epoch (\d+)\s*$")
+EPOCH_END = re.compile(r": Epoch time: ([0-9.]+) s\s*$")
+TRAINING_DONE = re.compile(r": Training done\.\s*$")
+VALIDATION_DONE = re.compile(r": Validation complete\s*$")
+
+
+@dataclass
+class LogProgress:
+    """What one training log says so far."""
+
+    first_epoch: int | None = None  # the epoch this trainer start began at (its resume point)
+    current_epoch: int | None = None  # the epoch being trained now
+    epochs_completed: int = 0  # nnU-Net's own count: epoch N finished means N + 1 completed
+    epoch_times: list[float] = field(default_factory=list)
+    training_done: bool = False
+    validation_done: bool = False
+
+    def feed_line(self, line: str) -> None:
+        if m := EPOCH_START.search(line):
+            self.current_epoch = int(m.group(1))
+            if self.first_epoch is None:
+                self.first_epoch = self.current_epoch
+        elif m := EPOCH_END.search(line):
+            self.epoch_times.append(float(m.group(1)))
+            if self.current_epoch is not None:
+                self.epochs_completed = max(self.epochs_completed, self.current_epoch + 1)
+        elif TRAINING_DONE.search(line):
+            self.training_done = True
+        elif VALIDATION_DONE.search(line):
+            self.validation_done = True
+
+
+class LogFollower:
+    """Tail one log file: each poll() parses only the complete lines added since the last one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.progress = LogProgress()
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> LogProgress:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self.progress
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for its newline
+        for raw in lines:
+            self.progress.feed_line(raw.decode("utf-8", "replace"))
+        return self.progress
+
+
+def read_progress(path: Path) -> LogProgress:
+    """Parse a whole log file once."""
+    return LogFollower(path).poll()
+
+
+def read_tail(path: Path, max_bytes: int = 64 * 1024) -> str:
+    """The last max_bytes of a file as text ('' if it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
