@@ -29,4 +29,4 @@ class RestartPolicy:
         """
         exponent = max(0, failures_in_row - 1)
         base = self.backoff_initial_s * (2.0 ** min(exponent, 60))
-        return min(self.backoff_max_s, base * (1.0 + self.jitter * rand))
+        return float(min(self.backoff_max_s, base * (1.0 + self.jitter * rand)))

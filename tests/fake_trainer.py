@@ -1,0 +1,39 @@
+"""Stands in for nnUNetv2_train in the runner's fast tests (the integration tests run the real one).
+
+Behaviour per attempt comes from $FAKE_PLAN, a JSON list: {"epochs": [start, end], "outcome": ...}.
+It writes nnU-Net-style training log lines into its working directory (the fold folder).
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+attempt = int(os.environ["NNUNET_SUPERVISE_ATTEMPT"])
+plan = json.loads(os.environ["FAKE_PLAN"])[attempt - 1]
+fold = Path.cwd()
+print("argv:", " ".join(sys.argv[1:]), flush=True)
+start, end = plan.get("epochs", [0, 0])
+with open(fold / f"training_log_2026_1_1_00_00_{attempt:02d}.txt", "a") as log:
+    for epoch in range(start, end):
+        log.write(f"2026-01-01 00:00:00.000000: Epoch {epoch} \n")
+        log.write("2026-01-01 00:00:01.000000: Epoch time: 1.0 s\n")
+        log.flush()
+outcome = plan["outcome"]
+if outcome == "finish":
+    (fold / "checkpoint_final.pth").write_bytes(b"not a real checkpoint")
+    (fold / "validation").mkdir(exist_ok=True)
+    (fold / "validation" / "summary.json").write_text("{}")
+    sys.exit(0)
+if outcome == "crash":
+    print("Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: boom", flush=True)
+    sys.exit(1)
+if outcome == "incompatible":
+    print("Traceback (most recent call last):\nRuntimeError: Error(s) in loading state_dict for PlainConvUNet:\n"
+          "\tMissing key(s) in state_dict: \"decoder.seg_layers.4.weight\"", flush=True)
+    sys.exit(1)
+if outcome == "hang":
+    print("hanging", flush=True)
+    time.sleep(600)
+sys.exit(int(outcome))

@@ -1,0 +1,171 @@
+"""The runner with real processes but a fake trainer script: plumbing, events, state, signals, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.context import RunContext
+from supervisor.errors import LockedError
+from supervisor.events import read_events
+from supervisor.lock import RunLock
+from supervisor.loop import StopRequested
+from supervisor.process import MARKER_VAR, TrainerProcess, wait_until
+from supervisor.runner import Runner
+from supervisor.state import StateStore
+
+FAKE = Path(__file__).with_name("fake_trainer.py")
+
+
+def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], **restart: float) -> RunContext:
+    (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
+    cfg = {
+        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
+                   "env": {"FAKE_PLAN": json.dumps(plan)}},
+        "paths": {"nnUNet_preprocessed": "pre", "nnUNet_results": "res"},
+        "restart": {"backoff_initial_s": 0.0, **restart},
+        "process": {"stop_grace_s": 2},
+    }
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    return RunContext.load(tmp_path / "run.yaml")
+
+
+def fake_spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> TrainerProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return TrainerProcess.spawn([sys.executable, str(FAKE), *argv[1:]], env, log, cwd)
+
+
+def runner(ctx: RunContext) -> Runner:
+    return Runner(ctx, spawn=fake_spawn, tick_s=0.05, leftover_grace_s=1.0)
+
+
+def events(ctx: RunContext) -> list[dict[str, Any]]:
+    return list(read_events(ctx.layout.events_file))
+
+
+def names(ctx: RunContext) -> list[str]:
+    return [e["event"] for e in events(ctx)]
+
+
+def in_background(fn: Callable[[], None]) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+def test_crash_then_resume_with_c_then_finish(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 3], "outcome": "crash"}, {"epochs": [2, 5], "outcome": "finish"}])
+    assert runner(ctx).run() == 0
+    assert names(ctx) == ["launch", "exit", "backoff", "launch", "exit", "finished"]
+    launches = [e for e in events(ctx) if e["event"] == "launch"]
+    assert [e["resume"] for e in launches] == [False, True]
+    assert "--c" not in launches[0]["argv"] and launches[1]["argv"][-1] == "--c"
+    first_exit = events(ctx)[1]
+    assert first_exit["classification"] == "python_exception" and first_exit["retryable"] is True
+    assert first_exit["epochs_completed"] == 3
+    assert "RuntimeError: boom" in ctx.layout.attempt_log(1).read_text()
+    state = StateStore(ctx.layout.state_file).load()
+    assert state["state"] == "finished" and state["attempt"] == 2 and state["restarts"] == 1
+    assert state["pid"] is None and state["resumable"] is False
+
+
+def test_trainer_gets_attempt_number_and_marker(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "finish"}])
+    seen: dict[str, str] = {}
+
+    def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> TrainerProcess:
+        seen.update(env)
+        return fake_spawn(argv, env, log, cwd)
+
+    assert Runner(ctx, spawn=spawn, tick_s=0.05).run() == 0
+    assert seen["NNUNET_SUPERVISE_ATTEMPT"] == "1"
+    assert seen[MARKER_VAR] == str(ctx.layout.fold_dir)
+    assert seen["nnUNet_results"] == str(tmp_path / "res")
+
+
+def test_non_retryable_failure_exits_1_after_one_launch(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [4, 4], "outcome": "incompatible"}])
+    assert runner(ctx).run() == 1
+    assert names(ctx) == ["launch", "exit", "give_up"]
+    assert events(ctx)[-1]["reason"] == "incompatible_checkpoint"
+
+
+def test_no_progress_gives_up(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "1"}] * 5, max_attempts_without_progress=2)
+    assert runner(ctx).run() == 1
+    assert names(ctx).count("launch") == 2
+    assert events(ctx)[-1]["reason"] == "no_progress"
+
+
+def test_finished_fold_exits_0_without_launching(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "finish"}])
+    fold = ctx.layout.fold_dir
+    (fold / "validation").mkdir(parents=True)
+    (fold / "validation" / "summary.json").write_text("{}")
+    (fold / "checkpoint_final.pth").write_bytes(b"x")
+    assert runner(ctx).run() == 0
+    assert names(ctx) == ["finished"]
+
+
+def test_stop_request_terminates_the_trainer_and_exits_75(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 2], "outcome": "hang"}])
+    r = runner(ctx)
+
+    def stop_when_running() -> None:
+        assert wait_until(lambda: "hanging" in ctx.layout.attempt_log(1).read_text()
+                          if ctx.layout.attempt_log(1).exists() else False, 30)
+        r.queue.put(StopRequested("SIGTERM"))
+
+    in_background(stop_when_running)
+    assert r.run() == 75
+    assert names(ctx)[-2:] == ["stop_requested", "exit"]
+    state = StateStore(ctx.layout.state_file).load()
+    assert state["state"] == "stopped" and state["resumable"] is True and state["pid"] is None
+
+
+def test_real_signal_to_the_supervisor_stops_resumably(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "hang"}])
+    r = runner(ctx)
+
+    def signal_when_running() -> None:
+        assert wait_until(lambda: StateStore(ctx.layout.state_file).load().get("state") == "running", 30)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    in_background(signal_when_running)
+    assert r.run() == 75
+    assert [e for e in events(ctx) if e["event"] == "stop_requested"][0]["signal"] == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored on the way out
+
+
+def test_second_supervisor_is_refused_while_the_lock_is_held(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "finish"}])
+    ctx.layout.supervisor_dir.mkdir(parents=True)
+    held = RunLock(ctx.layout.lock_file)
+    held.acquire()
+    try:
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            runner(ctx).run()
+    finally:
+        held.release()
+    assert not ctx.layout.events_file.exists()  # refused before touching anything
+
+
+def test_orphaned_trainer_of_a_dead_supervisor_is_stopped_before_launch(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"outcome": "finish"}])
+    env = {**os.environ, MARKER_VAR: str(ctx.layout.fold_dir)}
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+    assert runner(ctx).run() == 0
+    orphan.wait(timeout=10)  # the runner already reaped it (it is our child here), so only its end is checked
+    assert not psutil.pid_exists(orphan.pid)
+    assert names(ctx)[0] == "orphan_stopped"
+    assert orphan.pid in events(ctx)[0]["pids"]
