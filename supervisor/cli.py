@@ -78,8 +78,6 @@ def run(config: Path, verbose: bool) -> None:
     cheap_checks(ctx, report)
     if not report.ok:
         _fail(ConfigError(report.problems, str(ctx.config_path)))
-    logging.getLogger("nnunet_supervise").info("supervising %s (run directory %s)", ctx.config_path,
-                                                ctx.layout.supervisor_dir)
     try:
         code = Runner(ctx).run()
     except SupervisorError as exc:

@@ -225,7 +225,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
         for err in exc.errors():
             loc = _key_path(tuple(err["loc"]))
             msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
-            kind, value, msgs = grouped.setdefault(loc, (err["type"], err.get("input"), []))
+            _kind, _value, msgs = grouped.setdefault(loc, (err["type"], err.get("input"), []))
             if msg not in msgs:
                 msgs.append(msg)
         raise ConfigError([_describe(loc, *v) for loc, v in grouped.items()], source) from None

@@ -48,7 +48,7 @@ def estimate_checkpoint_bytes(arch_kwargs: dict[str, Any], in_channels: int, n_c
     convs = list(convs) if isinstance(convs, list) else [convs] * len(features)
     params = 0
     prev = in_channels
-    for f, k, n in zip(features, kernels, convs):
+    for f, k, n in zip(features, kernels, convs, strict=False):
         kvol = math.prod(k) if isinstance(k, list) else k
         params += kvol * prev * f + kvol * f * f * max(0, n - 1)
         prev = f

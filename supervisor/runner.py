@@ -11,6 +11,7 @@ import os
 import queue
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections import deque
@@ -27,8 +28,25 @@ from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.events import EventLog
 from supervisor.lock import RunLock
-from supervisor.loop import (Action, Begin, ChildExited, Decider, Event, Exit, Kill, Launch, Launched, LaunchFailed,
-                             LoopState, Phase, Record, Say, StopRequested, Terminate, Tick)
+from supervisor.loop import (
+    Action,
+    Begin,
+    ChildExited,
+    Decider,
+    Event,
+    Exit,
+    Kill,
+    Launch,
+    Launched,
+    LaunchFailed,
+    LoopState,
+    Phase,
+    Record,
+    Say,
+    StopRequested,
+    Terminate,
+    Tick,
+)
 from supervisor.policy import RestartPolicy
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
 from supervisor.state import StateStore
@@ -82,6 +100,7 @@ class Runner:
         self.layout.supervisor_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.layout.lock_file)
         lock.acquire()  # LockedError -> exit 3, before anything is touched
+        log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
         try:
             become_subreaper()
             previous = self.store.load()
@@ -234,7 +253,7 @@ class Runner:
             proc.terminate()
             try:
                 proc.popen.wait(timeout=self.ctx.config.process.stop_grace_s)
-            except Exception:  # noqa: BLE001 - any failure here must still end in SIGKILL
+            except subprocess.TimeoutExpired:
                 proc.kill()
         stop_tree(proc.pid if proc else None, str(self.layout.fold_dir), self.leftover_grace_s)
 
@@ -262,7 +281,8 @@ class Runner:
             "stop_reason": s.stop_reason,
             "exit_code": s.exit_code,
             "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
-            "next_launch_in_s": round(s.deadline - self.clock(), 3) if s.phase is Phase.BACKOFF and s.deadline else None,
+            "next_launch_in_s": (round(s.deadline - self.clock(), 3)
+                                 if s.phase is Phase.BACKOFF and s.deadline is not None else None),
             "fold_dir": str(self.layout.fold_dir),
             "config": str(self.ctx.config_path),
             "started_ts": self._started_ts,

@@ -24,7 +24,7 @@ def _lookup(name: str) -> dict[str, Any]:
             from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
             cls = recursive_find_trainer_class_by_name(name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the answer we report
+    except Exception as exc:
         return {"found": False, "error": f"{type(exc).__name__}: {exc}"}
     # nnU-Net drops external modules from sys.modules after loading, so inspect.getsourcefile cannot
     # find them; a method's code object still knows its file.

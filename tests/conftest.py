@@ -56,7 +56,7 @@ def write_config(tmp_path: Path, tiny_dataset: tuple[Path, Path]) -> Callable[..
 
 def supervise(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `python -m supervisor run CONFIG` as a real daemon process."""
-    out = open(log or config.with_suffix(".supervisor.log"), "ab")  # noqa: SIM115 - lives as long as the child
+    out = open(log or config.with_suffix(".supervisor.log"), "ab")
     return subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config), *args],
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 

@@ -143,7 +143,7 @@ def test_real_signal_to_the_supervisor_stops_resumably(tmp_path: Path) -> None:
 
     in_background(signal_when_running)
     assert r.run() == 75
-    assert [e for e in events(ctx) if e["event"] == "stop_requested"][0]["signal"] == "SIGUSR1"
+    assert next(e for e in events(ctx) if e["event"] == "stop_requested")["signal"] == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored on the way out
 
 

@@ -6,13 +6,12 @@ every second epoch (nnU-Net's default is every 50th) leaves a checkpoint to resu
 """
 
 import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_Demo(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's own signature
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 10
         self.num_iterations_per_epoch = 5
