@@ -37,6 +37,8 @@ RULES: tuple[_Rule, ...] = (
           "the checkpoint does not fit the network this trainer builds (strict load_state_dict failed)",
           "the trainer class or the plans changed since the checkpoint was written; restore the old trainer/plans, "
           "or start a new training from it with -pretrained_weights (loses optimizer, epoch and LR schedule)"),
+    _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed",
+          "nnU-Net's data augmentation workers died (often the kernel's OOM killer)"),
     _rule("corrupt_checkpoint", False,
           r"PytorchStreamReader failed reading zip archive|failed finding central directory|"
           r"EOFError: Ran out of input|UnpicklingError",
@@ -55,8 +57,6 @@ RULES: tuple[_Rule, ...] = (
           "the GPU ran out of memory"),
     _rule("disk_full", True, r"No space left on device|\[Errno 28\]",
           "the disk is full"),
-    _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed",
-          "nnU-Net's data augmentation workers died (often the kernel's OOM killer)"),
     _rule("nccl_error", True, r"NCCL error|ncclInternalError|ncclSystemError|ProcessGroupNCCL",
           "a distributed (NCCL) error"),
     _rule("python_exception", True, r"^Traceback \(most recent call last\):",

@@ -23,7 +23,7 @@ RESERVED_ARGS = {"--c", "-tr", "-p", "-device", "-num_gpus", "--val", "-pretrain
 
 class _Section(BaseModel):
     # strict: "10" is not an int and true is not a number; extra keys are errors, not silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class NnunetSection(_Section):
@@ -47,7 +47,7 @@ class NnunetSection(_Section):
             if not 1 <= v <= 999:
                 raise ValueError("a dataset id from 1 to 999 or a full name like Dataset901_Tiny")
             return v
-        if v.isdigit():
+        if v.isascii() and v.isdigit():
             return cls._dataset(int(v))
         if not DATASET_NAME_RE.match(v):
             raise ValueError("a dataset id from 1 to 999 or a full name like Dataset901_Tiny")
@@ -192,12 +192,25 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-_TYPE_TAGS = {"int", "str", "float", "bool", "none"}
+def _key_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Keep the parts of pydantic's error location that are the user's keys, dropping union tags.
 
-
-def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union-member tags (int, literal['all'], ...) so only the user's keys remain."""
-    return tuple(p for p in loc if isinstance(p, int) or (IDENTIFIER_RE.match(p) and p not in _TYPE_TAGS))
+    pydantic inserts the member type of a Union (`int`, `literal['all']`, ...) into `loc`; walking the
+    input document tells keys from tags, so a key that happens to look like a tag is still named.
+    """
+    path: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and not isinstance(part, int) and part == loc[-1]:
+            node = None  # the last part of an extra_forbidden / missing error: a key not (validly) present
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
 
 
 def _describe(loc: tuple[Any, ...], kind: str, value: Any, msgs: list[str]) -> str:
@@ -217,13 +230,15 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping with an 'nnunet' section, got {type(data).__name__}"],
                           source)
+    # An empty section (`paths:` with nothing under it) reads as null in YAML: treat it as all defaults.
+    data = {k: ({} if v is None and k != "nnunet" else v) for k, v in data.items()}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         # A Union reports once per member: merge those into one line per key path.
         grouped: dict[tuple[Any, ...], tuple[str, Any, list[str]]] = {}
         for err in exc.errors():
-            loc = _key_path(tuple(err["loc"]))
+            loc = _key_path(tuple(err["loc"]), data)
             msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
             _kind, _value, msgs = grouped.setdefault(loc, (err["type"], err.get("input"), []))
             if msg not in msgs:

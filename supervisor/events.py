@@ -20,8 +20,12 @@ class EventLog:
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         entry = {"ts": round(self.wall(), 6), "event": event, **fields}
         line = json.dumps(entry, default=str) + "\n"
-        with open(self.path, "a") as f:
-            f.write(line)
+        with open(self.path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a torn line from a power cut: do not glue this event onto it
+                    line = "\n" + line
+            f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
         return entry
