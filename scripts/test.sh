@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install, then lint, type-check and run the whole test suite (unit + real nnU-Net integration tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check supervisor tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,83 @@
+"""The command line: exit codes and messages a user sees, without launching nnU-Net."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from supervisor.cli import main
+from supervisor.events import EventLog
+from supervisor.state import StateStore
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+nnunet: {dataset: 901, configuration: 3d_fullres, fold: 0, device: cpu}
+paths: {nnUNet_preprocessed: pre, nnUNet_results: res}
+"""
+
+
+def test_misspelled_key_exits_2_and_names_it(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD + "restart: {max_restrats: 3}\n")
+    for command in ("run", "check"):
+        result = CliRunner().invoke(main, [command, str(config)])
+        assert result.exit_code == 2
+        assert "restart.max_restrats: unknown key (did you mean 'max_restarts'?)" in result.output
+
+
+def test_bare_config_argument_means_run(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD + "nnunet_typo: 1\n")
+    result = CliRunner().invoke(main, [str(config)])
+    assert result.exit_code == 2 and "nnunet_typo: unknown key" in result.output
+
+
+def test_run_refuses_a_missing_preprocessed_dataset_with_2(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD.replace("901", "Dataset902_Other"))
+    result = CliRunner().invoke(main, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "preprocessed dataset missing" in result.output and "nnUNetv2_plan_and_preprocess" in result.output
+
+
+def test_unknown_dataset_id_is_named(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD.replace("901", "77"))
+    result = CliRunner().invoke(main, ["check", str(config)])
+    assert result.exit_code == 2 and "nnunet.dataset: no folder Dataset077_*" in result.output
+
+
+def test_status_json_reads_the_run_directory(tmp_path: Path) -> None:
+    from supervisor.context import RunContext
+
+    config = write(tmp_path, GOOD)
+    ctx = RunContext.load(config)
+    ctx.layout.supervisor_dir.mkdir(parents=True)
+    StateStore(ctx.layout.state_file).save({"state": "backoff", "attempt": 2, "restarts": 1, "epoch": 4,
+                                            "pid": None, "last_exit": {"classification": "killed_by_signal"}})
+    EventLog(ctx.layout.events_file, wall=lambda: 100.0).record("backoff", delay_s=10.0)
+    result = CliRunner().invoke(main, ["status", str(config), "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert info["state"] == "backoff" and info["attempt"] == 2 and info["epoch"] == 4
+    assert info["supervisor_alive"] is False and info["last_event"]["event"] == "backoff"
+    text = CliRunner().invoke(main, ["status", str(config)])
+    assert "state      backoff" in text.output and "killed_by_signal" in text.output
+
+
+def test_python_dash_m_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "supervisor", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "nnunet-supervise" in out.stdout
+
+
+def test_daemon_modules_do_not_import_torch() -> None:
+    code = ("import sys, supervisor.cli, supervisor.runner, supervisor.preflight; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
