@@ -29,10 +29,16 @@ TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "traine
 KILL_AT = 3
 
 
+def boot_time_of(pid: int) -> float:
+    """When pid started, in seconds since boot: the kernel's own clock, so no wall-clock skew."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def trainers() -> dict[int, float]:
-    """pid -> create time of every nnUNetv2_train main process (not its workers)."""
+    """pid -> start time (since boot) of every nnUNetv2_train main process (not its workers)."""
     out = {}
-    for p in psutil.process_iter(["cmdline", "create_time", "ppid"]):
+    for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info["cmdline"] or []
         if any(c.endswith("nnUNetv2_train") for c in cmd[:2]):
             try:
@@ -40,7 +46,10 @@ def trainers() -> dict[int, float]:
             except psutil.Error:
                 parent = []
             if not any(c.endswith("nnUNetv2_train") for c in parent[:2]):
-                out[p.pid] = p.info["create_time"]
+                try:
+                    out[p.pid] = boot_time_of(p.pid)
+                except OSError:
+                    pass
     return out
 
 
@@ -60,7 +69,7 @@ def kill_and_measure(fold: Path, timeout: float = 300) -> dict[str, Any]:
         time.sleep(0.2)
     (old_pid,) = trainers()
     workers = [c.pid for c in psutil.Process(old_pid).children(recursive=True)]
-    t_kill = time.time()
+    t_kill = time.clock_gettime(time.CLOCK_BOOTTIME)
     os.kill(old_pid, signal.SIGKILL)
     while True:
         # orphaned workers re-parent and look like main processes: only a process born after the kill counts
