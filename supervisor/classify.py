@@ -96,3 +96,25 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
         return Classification("exited_without_final", True,
                               "exited 0 but the fold has no checkpoint_final.pth and validation summary")
     return Classification("exit_nonzero", True, f"exited with status {returncode}")
+
+
+_KEYS_RE = {
+    "missing_keys": re.compile(r"Missing key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s+Unexpected|\.\s+size)", re.M),
+    "unexpected_keys": re.compile(r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s+size|\.\s+Missing)", re.M),
+}
+_SIZE_RE = re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _shape(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def parse_state_dict_error(log_tail: str) -> dict[str, list[object]]:
+    """The three lists out of torch's 'Error(s) in loading state_dict' message."""
+    out: dict[str, list[object]] = {}
+    for name, rx in _KEYS_RE.items():
+        m = rx.search(log_tail)
+        out[name] = re.findall(r'"([^"]+)"', m.group(1)) if m else []
+    out["shape_mismatches"] = [[k.strip(), _shape(a), _shape(b)] for k, a, b in _SIZE_RE.findall(log_tail)]
+    return out

@@ -26,8 +26,8 @@ def train_executable() -> str:
     return found
 
 
-def build_argv(ctx: RunContext, executable: str, resume: bool) -> list[str]:
-    """nnUNetv2_train DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c] [extra_args]."""
+def build_argv(ctx: RunContext, executable: str, resume: bool, pretrained: str | None = None) -> list[str]:
+    """nnUNetv2_train DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c | -pretrained_weights W] [extra]."""
     nn = ctx.config.nnunet
     argv = [executable, str(nn.dataset), nn.configuration, str(nn.fold),
             "-tr", nn.trainer, "-p", nn.plans, "-device", nn.device]
@@ -35,6 +35,8 @@ def build_argv(ctx: RunContext, executable: str, resume: bool) -> list[str]:
         argv += ["-num_gpus", str(nn.num_gpus)]
     if resume:
         argv.append("--c")
+    elif pretrained:
+        argv += ["-pretrained_weights", pretrained]
     return argv + list(nn.extra_args)
 
 

@@ -142,6 +142,7 @@ class CheckpointSection(_Section):
 
     on_incompatible: Literal["stop", "warm_start"] = "stop"
     allow_fresh_start: bool = False
+    snapshots: int = Field(1, ge=0)  # verified checkpoint_latest copies kept in supervisor/snapshots/
 
 
 class CooperativeSection(_Section):

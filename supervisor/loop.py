@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Union
 
-from supervisor.classify import classify_exit
+from supervisor.classify import classify_exit, parse_state_dict_error
 from supervisor.policy import RestartPolicy
 
 EXIT_FINISHED = 0
@@ -59,51 +59,10 @@ class LoopState:
     best_epoch: int = 0  # most epochs completed seen so far (training log or checkpoint)
     deadline: Union[float, None] = None  # monotonic time of the next timed decision
     stop_reason: Union[str, None] = None
+    abort: Union[Abort, None] = None  # set when STOPPING was entered to give up rather than to pause
     killed: bool = False
     exit_code: Union[int, None] = None
     last_exit: Union[dict[str, Any], None] = None
-
-
-# ---- events (facts, gathered by the runner) ----
-
-@dataclass(frozen=True)
-class Begin:
-    finished: bool  # checkpoint_final.pth + validation/summary.json already there
-    resume: bool  # a checkpoint exists, so the first launch uses --c
-    best_epoch: int = 0
-
-
-@dataclass(frozen=True)
-class Launched:
-    pid: int
-    argv: tuple[str, ...]
-    resume: bool
-
-
-@dataclass(frozen=True)
-class LaunchFailed:
-    reason: str
-
-
-@dataclass(frozen=True)
-class ChildExited:
-    returncode: int
-    log_tail: str
-    finished: bool
-    epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    reason: str  # signal name (SIGTERM, ...) or a reason in words
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed; lets deadlines fire."""
-
-
-Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick]
 
 
 # ---- actions (carried out by the runner) ----
@@ -111,7 +70,12 @@ Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick]
 @dataclass(frozen=True)
 class Launch:
     attempt: int
-    resume: bool
+    resume: bool  # checkpoints may exist: verify them and resume from the newest valid one
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Start verifying checkpoints for the next launch now, while the backoff runs."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +110,63 @@ class Exit:
     code: int
 
 
-Action = Union[Launch, Terminate, Kill, Record, Say, Exit]
+Action = Union[Launch, Prepare, Terminate, Kill, Record, Say, Exit]
+
+
+# ---- events (facts, gathered by the runner) ----
+
+@dataclass(frozen=True)
+class Begin:
+    finished: bool  # checkpoint_final.pth + validation/summary.json already there
+    resume: bool  # a checkpoint exists, so the first launch uses --c
+    best_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    argv: tuple[str, ...]
+    resume: bool
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    """The launch did not happen: the trainer could not start, or no checkpoint may be resumed."""
+
+    reason: str
+    kind: str = "launch_failed"
+    event: Union[Record, None] = None  # e.g. incompatible_checkpoint with its three lists
+
+
+@dataclass(frozen=True)
+class Abort:
+    """The running attempt must be stopped and the supervisor give up (e.g. --c started from scratch)."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    returncode: int
+    log_tail: str
+    finished: bool
+    epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    reason: str  # signal name (SIGTERM, ...) or a reason in words
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; lets deadlines fire."""
+
+
+Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick, Abort]
+
+
 
 
 class Decider:
@@ -176,7 +196,13 @@ class Decider:
             ]
         if phase is Phase.STARTING and isinstance(ev, LaunchFailed):
             # STARTING -> FAILED
-            return self._give_up(s, "launch_failed", f"could not start the trainer: {ev.reason}")
+            return self._give_up(s, ev.kind, ev.reason, [ev.event] if ev.event else [])
+        if phase is Phase.RUNNING and isinstance(ev, Abort):
+            # RUNNING -> STOPPING, to give up once the trainer is gone
+            return replace(s, phase=Phase.STOPPING, abort=ev, deadline=now + self.stop_grace_s), [
+                Say(f"{ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
+        if phase is Phase.STOPPING and isinstance(ev, Abort):
+            return s, []
         if phase is Phase.RUNNING and isinstance(ev, ChildExited):
             return self._exited(s, ev, now)
         if phase is Phase.STOPPING and isinstance(ev, ChildExited):
@@ -211,6 +237,8 @@ class Decider:
         return replace(s, deadline=None), []
 
     def _stop(self, s: LoopState, ev: StopRequested, now: float) -> tuple[LoopState, list[Action]]:
+        if s.phase is Phase.STOPPING and s.abort is not None and not s.killed:
+            return replace(s, stop_reason=ev.reason), []  # already stopping; the give-up stands
         record = Record("stop_requested", {"reason": ev.reason, **({"signal": ev.reason}
                                                                     if ev.reason.startswith("SIG") else {})})
         if s.phase is Phase.RUNNING:
@@ -249,7 +277,10 @@ class Decider:
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch}),
                 Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(EXIT_FINISHED)]
         if not c.retryable:
-            return self._give_up(s, c.kind, f"{head} (not retryable). {c.advice}".strip(), [record])
+            before: list[Action] = [record]
+            if c.kind == "incompatible_checkpoint":
+                before.append(Record("incompatible_checkpoint", dict(parse_state_dict_error(ev.log_tail))))
+            return self._give_up(s, c.kind, f"{head} (not retryable). {c.advice}".strip(), before)
         failures = 1 if progressed else s.failures_in_row + 1
         no_progress = 0 if progressed else s.attempts_without_progress + 1
         s = replace(s, failures_in_row=failures, attempts_without_progress=no_progress)
@@ -263,6 +294,7 @@ class Decider:
         restart = s.restarts + 1
         # RUNNING -> BACKOFF
         return replace(s, phase=Phase.BACKOFF, deadline=now + delay), [
+            Prepare(),
             record,
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
                                "progress": progressed}),
@@ -272,6 +304,10 @@ class Decider:
 
     def _exited_while_stopping(self, s: LoopState, ev: ChildExited) -> tuple[LoopState, list[Action]]:
         finished = ev.returncode == 0 and ev.finished
+        if s.abort is not None and not finished:
+            # STOPPING -> FAILED: we stopped it to give up
+            last, record = self._exit_record(s, ev, s.abort.kind, False, s.abort.message)
+            return self._give_up(replace(s, last_exit=last), s.abort.kind, s.abort.message, [record])
         kind = "finished" if finished else "stopped"
         last, record = self._exit_record(s, ev, kind, False, f"stopped on request ({s.stop_reason})")
         s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed), deadline=None)

@@ -23,12 +23,14 @@ from types import FrameType
 from typing import Any, Union
 
 from supervisor.checkpoint import resume_point
+from supervisor.ckptstore import CheckpointStore, atomic_copy
 from supervisor.command import build_argv, build_env, train_executable
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.events import EventLog
 from supervisor.lock import RunLock
 from supervisor.loop import (
+    Abort,
     Action,
     Begin,
     ChildExited,
@@ -41,6 +43,7 @@ from supervisor.loop import (
     LaunchFailed,
     LoopState,
     Phase,
+    Prepare,
     Record,
     Say,
     StopRequested,
@@ -49,12 +52,15 @@ from supervisor.loop import (
 )
 from supervisor.policy import RestartPolicy
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
+from supervisor.resume import ResumePlan, plan_resume
 from supervisor.state import StateStore
 from supervisor.traininglog import LogFollower, read_tail
+from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
 
 log = logging.getLogger("nnunet_supervise")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+NO_CHECKPOINT_WARNING = "Cannot continue training because there seems to be no checkpoint"
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,12 @@ class Runner:
         self.store = StateStore(self.layout.state_file)
         self.queue: queue.SimpleQueue[Union[Event, _ChildGone]] = queue.SimpleQueue()
         self.proc: TrainerProcess | None = None
+        self.ckpts = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
+        self._prepared: tuple[threading.Thread, list[Any]] | None = None
+        self._had_checkpoints = False
+        self._verified_epoch: int | None = None  # newest checkpoint epoch ever resumed from (kept in state.json)
+        self._expect_epoch: int | None = None  # the epoch the running attempt must resume at
+        self._resume_confirmed = True
         self._logs_before: set[Path] = set()
         self._followers: dict[Path, LogFollower] = {}
         self._epoch_now: int | None = None
@@ -104,6 +116,8 @@ class Runner:
         try:
             become_subreaper()
             previous = self.store.load()
+            self._verified_epoch = previous.get("verified_epoch")
+            self._had_checkpoints = self._verified_epoch is not None
             self._stop_orphans(previous)
             with self._signals():
                 return self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
@@ -142,11 +156,11 @@ class Runner:
 
     def _begin(self) -> Begin:
         finished = self.layout.is_finished()
-        checkpoints = self.layout.existing_checkpoints()
+        checkpoints = self.ckpts.candidates()
         meta = resume_point(checkpoints)
         epoch = meta.current_epoch if meta and meta.current_epoch is not None else 0
         self._epoch_now = epoch
-        return Begin(finished=finished, resume=bool(checkpoints), best_epoch=epoch)
+        return Begin(finished=finished, resume=bool(checkpoints) or self._had_checkpoints, best_epoch=epoch)
 
     def _attempt_logs(self) -> list[LogFollower]:
         """Followers for the training logs this attempt created (nnU-Net starts a new one per start)."""
@@ -170,6 +184,24 @@ class Runner:
         self._attempt_epochs()
         if self._epoch_now != before:
             self._persist_extra()
+        if not self._resume_confirmed:
+            self._check_resumed_where_expected()
+
+    def _check_resumed_where_expected(self) -> None:
+        """Catch a --c that silently started over, or resumed below the checkpoint we verified."""
+        expect = self._expect_epoch or 0
+        if NO_CHECKPOINT_WARNING in read_tail(self.layout.attempt_log(self._attempt), 256 * 1024):
+            self._resume_confirmed = True
+            self.queue.put(Abort("fresh_start_detected", f"attempt {self._attempt} was launched with --c to resume "
+                                 f"epoch {expect}, but nnU-Net found no checkpoint and started from scratch"))
+            return
+        firsts = [f.progress.first_epoch for f in self._followers.values() if f.progress.first_epoch is not None]
+        if not firsts:
+            return
+        self._resume_confirmed = True
+        if min(firsts) < expect:
+            self.queue.put(Abort("epoch_regression", f"attempt {self._attempt} resumed at epoch {min(firsts)}, below "
+                                 f"the verified checkpoint's epoch {expect}"))
 
     def _child_exited(self, gone: _ChildGone) -> ChildExited:
         stopped = gone.proc.stop_leftovers(self.leftover_grace_s)
@@ -186,6 +218,8 @@ class Runner:
     def _perform(self, action: Action) -> Event | None:
         if isinstance(action, Launch):
             return self._launch(action)
+        if isinstance(action, Prepare):
+            self._start_prepare()
         if isinstance(action, Terminate):
             if self.proc is not None:
                 self.proc.terminate()
@@ -203,8 +237,17 @@ class Runner:
         self._logs_before = set(self.layout.training_logs())
         self._followers = {}
         log_path = self.layout.attempt_log(action.attempt)
+        resume, pretrained = False, None
+        self._expect_epoch, self._resume_confirmed = None, True
+        if action.resume or self.ckpts.candidates():
+            verdicts, plan = self._take_prepared()
+            outcome = self._carry_out(plan, verdicts)
+            if isinstance(outcome, LaunchFailed):
+                return outcome
+            # every relaunch uses --c (on an emptied folder nnU-Net then starts over, which the plan allowed)
+            resume, pretrained = action.resume and plan.action != "warm_start", outcome
         try:
-            argv = build_argv(self.ctx, train_executable(), action.resume)
+            argv = build_argv(self.ctx, train_executable(), resume, pretrained)
             env = build_env(self.ctx, action.attempt)
             with open(log_path, "a") as f:
                 f.write(f"# nnunet-supervise attempt {action.attempt}: {' '.join(argv)}\n")
@@ -214,7 +257,92 @@ class Runner:
         self.proc = proc
         threading.Thread(target=lambda: self.queue.put(_ChildGone(proc, proc.wait())),
                          name=f"wait-attempt-{action.attempt}", daemon=True).start()
-        return Launched(proc.pid, tuple(argv), action.resume)
+        return Launched(proc.pid, tuple(argv), resume)
+
+    # ---- checkpoints before a launch ----
+
+    def _start_prepare(self) -> None:
+        """Verify in the background while the backoff runs; _take_prepared() collects the result."""
+        box: list[Any] = []
+        thread = threading.Thread(target=lambda: box.append(self._plan_now()), name="verify", daemon=True)
+        thread.start()
+        self._prepared = (thread, box)
+
+    def _take_prepared(self) -> tuple[list[Verdict], ResumePlan]:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            return self._plan_now()
+        thread, box = prepared
+        thread.join()
+        result: tuple[list[Verdict], ResumePlan] = box[0]
+        return result
+
+    def _plan_now(self) -> tuple[list[Verdict], ResumePlan]:
+        cfg = self.ctx.config.checkpoint
+        candidates = self.ckpts.candidates()
+        try:
+            verdicts, net_error = verify_all(candidates, expectations(self.ctx), network_request(self.ctx),
+                                             build_env(self.ctx, attempt=0))
+        except ProbeError as exc:
+            # Our own verifier failed, not the checkpoints: fall back to the structural check alone.
+            log.warning("content/compatibility check could not run (%s); using the structural check only", exc)
+            verdicts, net_error = [structure_verdict(p) for p in candidates], None
+        if net_error:
+            log.warning("could not build the trainer's network to check compatibility: %s", net_error)
+        plan = plan_resume(verdicts, self.layout.fold_dir, had_checkpoints=self._had_checkpoints,
+                           allow_fresh_start=cfg.allow_fresh_start, on_incompatible=cfg.on_incompatible)
+        return verdicts, plan
+
+    def _carry_out(self, plan: ResumePlan, verdicts: list[Verdict]) -> LaunchFailed | str | None:
+        """Quarantine, stage, snapshot; returns LaunchFailed, a -pretrained_weights path, or None."""
+        for v in plan.quarantine:
+            dst = self.ckpts.quarantine(Path(v.path), v.reason())
+            log.warning("checkpoint %s is damaged (%s); moved to %s", v.path, v.reason(), dst)
+            self.events.record("checkpoint_corrupt", path=v.path, reason=v.reason(), quarantined_to=str(dst))
+        if verdicts:
+            self._had_checkpoints = True
+        if plan.action == "give_up":
+            event = None
+            bad = plan.source
+            if plan.kind == "incompatible_checkpoint" and bad is not None:
+                event = Record("incompatible_checkpoint", {
+                    "path": bad.path, "epoch": bad.epoch, "missing_keys": bad.missing_keys,
+                    "unexpected_keys": bad.unexpected_keys, "shape_mismatches": bad.shape_mismatches,
+                    "hints": bad.hints})
+                log.error("%s", incompatibility_report(bad))
+            return LaunchFailed(plan.message, plan.kind, event)
+        if plan.action == "fresh":
+            if plan.message:
+                log.warning("%s", plan.message)
+                self.events.record("fresh_start", reason=plan.message)
+            return None
+        src = plan.source
+        assert src is not None
+        if plan.action == "warm_start":
+            return self._warm_start(src, plan.message)
+        self.events.record("checkpoint_verified", path=src.path, epoch=src.epoch)
+        latest = self.layout.checkpoint("checkpoint_latest.pth")
+        if plan.stage:
+            staged = self.ckpts.stage_as_latest(Path(src.path))
+            log.info("resuming from %s (epoch %s), newer than what --c would load: staged as %s",
+                     src.path, src.epoch, staged.name)
+            self.events.record("checkpoint_staged", source=src.path, path=str(staged), epoch=src.epoch)
+        if (plan.stage or Path(src.path) == latest) and src.epoch is not None:
+            self.ckpts.snapshot(latest, src.epoch)
+        self._expect_epoch, self._resume_confirmed = src.epoch, False
+        self._verified_epoch = src.epoch
+        return None
+
+    def _warm_start(self, src: Verdict, message: str) -> str:
+        keep = self.layout.supervisor_dir / "warm_start" / Path(src.path).name
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        atomic_copy(Path(src.path), keep)
+        # The fresh training must not meet the incompatible checkpoints on its next --c.
+        for path in self.layout.existing_checkpoints():
+            self.ckpts.set_aside(path)
+        log.warning("WARNING: %s", message)
+        self.events.record("warm_start", path=src.path, weights=str(keep), epoch=src.epoch, warning=message)
+        return str(keep)
 
     # ---- safety ----
 
@@ -281,6 +409,7 @@ class Runner:
             "stop_reason": s.stop_reason,
             "exit_code": s.exit_code,
             "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
+            "verified_epoch": self._verified_epoch,
             "next_launch_in_s": (round(s.deadline - self.clock(), 3)
                                  if s.phase is Phase.BACKOFF and s.deadline is not None else None),
             "fold_dir": str(self.layout.fold_dir),
@@ -288,3 +417,19 @@ class Runner:
             "started_ts": self._started_ts,
             "updated_ts": self.wall(),
         })
+
+
+def incompatibility_report(v: Verdict, limit: int = 20) -> str:
+    """A key-by-key diagnosis for the log."""
+    lines = [f"checkpoint {v.path} (epoch {v.epoch}) does not fit the network the trainer builds:"]
+    for title, items in (("missing in the checkpoint", v.missing_keys), ("unexpected in the checkpoint",
+                                                                          v.unexpected_keys)):
+        if items:
+            lines.append(f"  {len(items)} key(s) {title}: " + ", ".join(items[:limit])
+                         + (" ..." if len(items) > limit else ""))
+    for key, ck, net in v.shape_mismatches[:limit]:
+        lines.append(f"  shape of {key}: checkpoint {ck}, network {net}")
+    lines += [f"  hint: {h}" for h in v.hints]
+    lines.append("  The checkpoint is untouched. Restore the trainer/plans it was written with, or set "
+                 "checkpoint.on_incompatible: warm_start to start over from its weights.")
+    return "\n".join(lines)

@@ -96,8 +96,9 @@ def test_trainer_gets_attempt_number_and_marker(tmp_path: Path) -> None:
 def test_non_retryable_failure_exits_1_after_one_launch(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, [{"epochs": [4, 4], "outcome": "incompatible"}])
     assert runner(ctx).run() == 1
-    assert names(ctx) == ["launch", "exit", "give_up"]
+    assert names(ctx) == ["launch", "exit", "incompatible_checkpoint", "give_up"]
     assert events(ctx)[-1]["reason"] == "incompatible_checkpoint"
+    assert events(ctx)[2]["missing_keys"] == ["decoder.seg_layers.4.weight"]
 
 
 def test_no_progress_gives_up(tmp_path: Path) -> None:

@@ -1,0 +1,93 @@
+"""Checkpoint files of one run: candidates, quarantine, snapshots and staging. Nothing is ever deleted
+except our own snapshots beyond the configured count."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from supervisor.layout import RunLayout
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy so that dst is either the old file or a complete copy, never a partial one."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+
+
+class CheckpointStore:
+    """Where a run's checkpoints are, and the moves the supervisor makes with them."""
+
+    def __init__(self, layout: RunLayout, keep_snapshots: int = 1) -> None:
+        self.layout = layout
+        self.keep = keep_snapshots
+        self.snapshot_dir = layout.supervisor_dir / "snapshots"
+        self.replaced_dir = layout.supervisor_dir / "replaced"
+
+    def snapshots(self) -> list[Path]:
+        return sorted(self.snapshot_dir.glob("*.pth")) if self.snapshot_dir.is_dir() else []
+
+    def candidates(self) -> list[Path]:
+        """Fold checkpoints in --c order, then our snapshots."""
+        return [*self.layout.existing_checkpoints(), *self.snapshots()]
+
+    def _aside(self, path: Path, folder: Path, tag: str = "") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dst = folder / f"{path.stem}{tag}.{stamp}{path.suffix}"
+        n = 1
+        while dst.exists():
+            dst = folder / f"{path.stem}{tag}.{stamp}-{n}{path.suffix}"
+            n += 1
+        os.replace(path, dst)  # same file system: a rename, never a copy that could fail half way
+        fsync_dir(folder)
+        fsync_dir(path.parent)
+        return dst
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a damaged checkpoint out of nnU-Net's way, with its reason beside it."""
+        dst = self._aside(path, self.layout.quarantine_dir)
+        dst.with_suffix(".reason.txt").write_text(f"{path}\n{reason}\n")
+        return dst
+
+    def set_aside(self, path: Path) -> Path:
+        """Keep a valid file that is about to be replaced (staging over an older latest, a warm start)."""
+        return self._aside(path, self.replaced_dir)
+
+    def stage_as_latest(self, src: Path) -> Path:
+        """Make src what --c loads: copy it over checkpoint_latest.pth (keeping the old one aside)."""
+        latest = self.layout.checkpoint("checkpoint_latest.pth")
+        if latest.exists() and latest.resolve() != src.resolve():
+            self.set_aside(latest)
+        atomic_copy(src, latest)
+        return latest
+
+    def snapshot(self, latest: Path, epoch: int) -> Path | None:
+        """Copy a verified checkpoint_latest.pth (a copy: torch.save rewrites the same inode in place)."""
+        if self.keep <= 0:
+            return None
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        dst = self.snapshot_dir / f"checkpoint_latest.epoch{epoch:06d}.pth"
+        if not dst.exists():
+            atomic_copy(latest, dst)
+        for old in self.snapshots()[: -self.keep]:
+            old.unlink()
+        return dst
