@@ -64,7 +64,9 @@ def check_content(path: str, expect: dict[str, Any]) -> tuple[dict[str, Any] | N
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch words it "Unsupported global: GLOBAL x" or, for a module it blocks outright (os, subprocess),
+        # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+        unsafe = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.I)
         if unsafe:
             return None, [f"refused by torch.load(weights_only=True): the pickle names {unsafe.group(1)}, which is "
                           "outside nnU-Net's allowlist and could run code; it was not loaded"], None
@@ -101,7 +103,6 @@ def build_network_state(net: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     plans = json.loads(Path(net["plans_file"]).read_text())
-    plans["continue_training"] = True  # as nnUNetv2_train --c sets it (get_trainer_from_args)
     dataset_json = json.loads(Path(net["dataset_json"]).read_text())
     fold = net["fold"] if net["fold"] == "all" else int(net["fold"])
     with tempfile.TemporaryDirectory(prefix="nnunet-supervise-probe-") as scratch, \
@@ -109,11 +110,15 @@ def build_network_state(net: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         # The trainer writes a training log and folders under nnUNet_results on construction: keep that away
         # from the real run.
         os.environ["nnUNet_results"] = scratch
+        # torch.compile only wraps the network (we unwrap _orig_mod below); importing inductor costs seconds.
+        os.environ["nnUNet_compile"] = "false"
         cls = recursive_find_trainer_class_by_name(net["trainer"])
         errors = []
         for device in ("meta", "cpu"):
             try:
-                trainer = cls(plans=plans, configuration=net["configuration"], fold=fold,
+                # nnU-Net pops "continue_training" off the plans it is given: a fresh copy per try. True as
+                # nnUNetv2_train --c sets it (get_trainer_from_args).
+                trainer = cls(plans={**plans, "continue_training": True}, configuration=net["configuration"], fold=fold,
                               dataset_json=dataset_json, device=torch.device(device))
                 trainer.initialize()
                 break
@@ -139,7 +144,7 @@ def compare(weights: dict[str, Any], net_shapes: dict[str, tuple[int, ...]]) -> 
     mismatches = sorted([k, list(renamed[k]), list(net_shapes[k])] for k in renamed
                         if k in net_shapes and renamed[k] != net_shapes[k])
     return {"missing_keys": missing, "unexpected_keys": unexpected, "shape_mismatches": mismatches,
-            "hints": hints(list(weights), missing, unexpected, mismatches)}
+            "hints": hints(list(weights), list(net_shapes), missing, unexpected, mismatches)}
 
 
 def _stage_ids(keys: list[str], part: str) -> set[int]:
@@ -153,19 +158,23 @@ def _stage_ids(keys: list[str], part: str) -> set[int]:
     return out
 
 
-def hints(ckpt_keys: list[str], missing: list[str], unexpected: list[str], mismatches: list[Any]) -> list[str]:
+def hints(ckpt_keys: list[str], net_keys: list[str], missing: list[str], unexpected: list[str],
+          mismatches: list[Any]) -> list[str]:
     """Likely causes of a mismatch, in words."""
     out = []
     if any(k.startswith("_orig_mod.") or "._orig_mod." in k for k in ckpt_keys):
         out.append("checkpoint keys carry '_orig_mod.': they were saved from a torch.compile()d network without "
                    "unwrapping it (nnU-Net's own save_checkpoint unwraps); strip the prefix or save the _orig_mod")
+        if not mismatches and {k.replace("_orig_mod.", "") for k in unexpected} == set(missing):
+            return out  # the prefix explains every difference: nothing else changed
     if any(k.startswith("module.") for k in ckpt_keys) and not (missing or unexpected or mismatches):
         out.append("keys carry 'module.' (saved from DDP); nnU-Net strips it on load, so this is fine")
     elif any(k.startswith("module.module.") for k in ckpt_keys):
         out.append("keys carry 'module.' twice (DDP around DDP?); nnU-Net strips only one")
-    stages_ck = _stage_ids(unexpected, "stages") | _stage_ids(missing, "stages")
-    if stages_ck:
-        out.append(f"encoder/decoder stage(s) {sorted(stages_ck)} exist on one side only: the number of stages "
+    # A whole stage present on one side only; a layer added inside an existing stage is an edit, not a stage count.
+    lone_stages = _stage_ids(ckpt_keys, "stages") ^ _stage_ids(net_keys, "stages")
+    if lone_stages:
+        out.append(f"encoder/decoder stage(s) {sorted(lone_stages)} exist on one side only: the number of stages "
                    "(n_stages / features_per_stage in the plans) differs from the checkpoint's")
     if any("seg_layers" in k for k in missing + unexpected):
         out.append("segmentation heads (seg_layers) differ: deep supervision outputs or the number of stages/classes "
@@ -175,7 +184,7 @@ def hints(ckpt_keys: list[str], missing: list[str], unexpected: list[str], misma
         out.append(f"{len(mismatches)} tensor(s) changed shape (e.g. {k}: checkpoint {ck} vs network {net}): "
                    "channel counts differ, usually features_per_stage in the plans or the number of input "
                    "channels/classes")
-    if (missing or unexpected) and not out:
+    if (missing or unexpected) and not lone_stages:
         out.append("the trainer builds a different network than the one that wrote this checkpoint: was the "
                    "trainer class (build_network_architecture, added layers) edited since?")
     return out

@@ -88,6 +88,9 @@ class CheckpointStore:
         dst = self.snapshot_dir / f"checkpoint_latest.epoch{epoch:06d}.pth"
         if not dst.exists():
             atomic_copy(latest, dst)
-        for old in self.snapshots()[: -self.keep]:
+        # Our own copies: keep the newest `keep` by age (not by the epoch in the name: a warm start's leftovers may
+        # carry higher epochs), and never the one just made.
+        others = sorted((p for p in self.snapshots() if p != dst), key=lambda p: p.stat().st_mtime)
+        for old in others[: max(0, len(others) - (self.keep - 1))]:
             old.unlink()
         return dst

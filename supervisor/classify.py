@@ -98,9 +98,10 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
     return Classification("exit_nonzero", True, f"exited with status {returncode}")
 
 
+# torch puts each category on its own line ("\n\t"): Missing key(s) in state_dict: "a", "b".
 _KEYS_RE = {
-    "missing_keys": re.compile(r"Missing key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s+Unexpected|\.\s+size)", re.M),
-    "unexpected_keys": re.compile(r"Unexpected key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s+size|\.\s+Missing)", re.M),
+    "missing_keys": re.compile(r"Missing key\(s\) in state_dict: (.*)$", re.M),
+    "unexpected_keys": re.compile(r"Unexpected key\(s\) in state_dict: (.*)$", re.M),
 }
 _SIZE_RE = re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
                       r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")

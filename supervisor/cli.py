@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -99,6 +100,56 @@ def check(config: Path) -> None:
         click.echo(f"FAIL  {problem}")
     click.echo(f"{ctx.config_path}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
     sys.exit(0 if report.ok else EXIT_USAGE)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.option("--against", "against", type=click.Path(path_type=Path, dir_okay=False),
+              help="A run.yaml: also check trainer/configuration/fold and the network its trainer builds.")
+def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
+    """Verify one checkpoint file (0 usable, 1 not): zip structure and CRCs, content, and compatibility."""
+    from supervisor.command import build_env
+    from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
+
+    expect: dict[str, Any] = {}
+    network = None
+    env: dict[str, str] = dict(os.environ)
+    if against is not None:
+        ctx = _load(against)
+        expect, network, env = expectations(ctx), network_request(ctx), build_env(ctx, attempt=0)
+    net_error = None
+    if not checkpoint.is_file():
+        verdict = Verdict(str(checkpoint), problems=["no such file"])
+    else:
+        try:
+            (verdict,), net_error = verify_all([checkpoint], expect, network, env)
+        except ProbeError as exc:
+            verdict = structure_verdict(checkpoint)
+            verdict.problems.append(f"content check could not run: {exc}")
+            verdict.content_ok = False
+    # Asked to check against a run whose trainer cannot even build its network: not a usable answer either.
+    ok = verdict.ok and not net_error
+    if net_error:
+        verdict.problems.append(f"compatibility not checked: the trainer's network could not be built: {net_error}")
+    if as_json:
+        click.echo(json.dumps({**verdict.to_json(), "ok": ok}, indent=2))
+    else:
+        levels = [("structure", verdict.structure_ok), ("content", verdict.content_ok),
+                  ("compatibility", verdict.compatible)]
+        click.echo(f"{checkpoint}: {'usable' if ok else 'NOT usable'} (epoch {verdict.epoch})")
+        for name, passed in levels:
+            click.echo(f"  {name:<14}{'-' if passed is None else 'ok' if passed else 'FAILED'}")
+        for p in verdict.problems:
+            click.echo(f"  problem: {p}")
+        for title, items in (("missing key", verdict.missing_keys), ("unexpected key", verdict.unexpected_keys)):
+            for k in items:
+                click.echo(f"  {title}: {k}")
+        for key, ck, net in verdict.shape_mismatches:
+            click.echo(f"  shape mismatch: {key}: checkpoint {ck}, network {net}")
+        for h in verdict.hints:
+            click.echo(f"  hint: {h}")
+    sys.exit(0 if ok else 1)
 
 
 @main.command()

@@ -37,11 +37,25 @@ def _rank(v: Verdict, fold_dir: Path) -> int:
     return 0
 
 
+def warm_start_blockers(v: Verdict) -> list[str]:
+    """Network keys nnU-Net's -pretrained_weights would refuse: it needs every key outside the segmentation heads
+    (".seg_layers.") in the checkpoint with the same shape (load_pretrained_weights asserts it)."""
+    keys = [*v.missing_keys, *(m[0] for m in v.shape_mismatches)]
+    return sorted(k for k in keys if ".seg_layers." not in k)
+
+
 def plan_resume(verdicts: list[Verdict], fold_dir: Path, *, had_checkpoints: bool, allow_fresh_start: bool,
-                on_incompatible: str) -> ResumePlan:
-    """Decide from the verdicts on every candidate (fold checkpoints and snapshots)."""
+                on_incompatible: str, warm_from: Verdict | None = None) -> ResumePlan:
+    """Decide from the verdicts on every candidate (fold checkpoints and snapshots).
+
+    warm_from: the weights of a warm start whose training has not written a checkpoint of its own yet.
+    """
     damaged = tuple(v for v in verdicts if v.damaged)
     usable = [v for v in verdicts if not v.damaged]
+    if not usable and warm_from is not None and not warm_from.damaged:
+        return ResumePlan("warm_start", source=warm_from, quarantine=damaged,
+                          message="no checkpoint written since the warm start: WARM START again from "
+                                  f"{warm_from.path} (epoch, optimizer and LR schedule start over)")
     if not usable:
         if not (had_checkpoints or damaged):
             return ResumePlan("fresh")
@@ -55,6 +69,13 @@ def plan_resume(verdicts: list[Verdict], fold_dir: Path, *, had_checkpoints: boo
                                   "silently start from scratch. Set checkpoint.allow_fresh_start: true to allow it")
     best = max(usable, key=lambda v: (v.epoch if v.epoch is not None else -1, _rank(v, fold_dir)))
     if best.compatible is False:
+        blockers = warm_start_blockers(best)
+        if on_incompatible == "warm_start" and blockers:
+            return ResumePlan("give_up", source=best, quarantine=damaged, kind="incompatible_checkpoint",
+                              message=f"{Path(best.path).name} (epoch {best.epoch}) does not fit the network, and "
+                                      "a warm start cannot help: nnU-Net's -pretrained_weights needs every network "
+                                      "key outside seg_layers in the checkpoint with the same shape; these are not: "
+                                      f"{', '.join(blockers[:5])}{' ...' if len(blockers) > 5 else ''}")
         if on_incompatible == "warm_start":
             return ResumePlan("warm_start", source=best, quarantine=damaged,
                               message=f"{Path(best.path).name} (epoch {best.epoch}) does not fit the network; "

@@ -52,7 +52,7 @@ from supervisor.loop import (
 )
 from supervisor.policy import RestartPolicy
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
-from supervisor.resume import ResumePlan, plan_resume
+from supervisor.resume import ResumePlan, plan_resume, warm_start_blockers
 from supervisor.state import StateStore
 from supervisor.traininglog import LogFollower, read_tail
 from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
@@ -97,6 +97,7 @@ class Runner:
         self._prepared: tuple[threading.Thread, list[Any]] | None = None
         self._had_checkpoints = False
         self._verified_epoch: int | None = None  # newest checkpoint epoch ever resumed from (kept in state.json)
+        self._warm_weights: str | None = None  # a warm start's weights, until its training writes a checkpoint
         self._expect_epoch: int | None = None  # the epoch the running attempt must resume at
         self._resume_confirmed = True
         self._logs_before: set[Path] = set()
@@ -118,6 +119,7 @@ class Runner:
             previous = self.store.load()
             self._verified_epoch = previous.get("verified_epoch")
             self._had_checkpoints = self._verified_epoch is not None
+            self._warm_weights = previous.get("warm_start_weights")
             self._stop_orphans(previous)
             with self._signals():
                 return self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
@@ -280,17 +282,21 @@ class Runner:
     def _plan_now(self) -> tuple[list[Verdict], ResumePlan]:
         cfg = self.ctx.config.checkpoint
         candidates = self.ckpts.candidates()
+        warm = [Path(self._warm_weights)] if self._warm_weights and Path(self._warm_weights).is_file() else []
         try:
-            verdicts, net_error = verify_all(candidates, expectations(self.ctx), network_request(self.ctx),
+            verdicts, net_error = verify_all([*candidates, *warm], expectations(self.ctx), network_request(self.ctx),
                                              build_env(self.ctx, attempt=0))
         except ProbeError as exc:
             # Our own verifier failed, not the checkpoints: fall back to the structural check alone.
             log.warning("content/compatibility check could not run (%s); using the structural check only", exc)
-            verdicts, net_error = [structure_verdict(p) for p in candidates], None
+            verdicts, net_error = [structure_verdict(p) for p in [*candidates, *warm]], None
         if net_error:
             log.warning("could not build the trainer's network to check compatibility: %s", net_error)
+        warm_from = verdicts[len(candidates)] if warm else None
+        verdicts = verdicts[:len(candidates)]
         plan = plan_resume(verdicts, self.layout.fold_dir, had_checkpoints=self._had_checkpoints,
-                           allow_fresh_start=cfg.allow_fresh_start, on_incompatible=cfg.on_incompatible)
+                           allow_fresh_start=cfg.allow_fresh_start, on_incompatible=cfg.on_incompatible,
+                           warm_from=warm_from)
         return verdicts, plan
 
     def _carry_out(self, plan: ResumePlan, verdicts: list[Verdict]) -> LaunchFailed | str | None:
@@ -331,14 +337,17 @@ class Runner:
             self.ckpts.snapshot(latest, src.epoch)
         self._expect_epoch, self._resume_confirmed = src.epoch, False
         self._verified_epoch = src.epoch
+        self._warm_weights = None  # the warm-started training has checkpoints of its own now
         return None
 
     def _warm_start(self, src: Verdict, message: str) -> str:
         keep = self.layout.supervisor_dir / "warm_start" / Path(src.path).name
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        atomic_copy(Path(src.path), keep)
-        # The fresh training must not meet the incompatible checkpoints on its next --c.
-        for path in self.layout.existing_checkpoints():
+        if Path(src.path) != keep:  # not a repeat from the kept copy
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            atomic_copy(Path(src.path), keep)
+        self._warm_weights = str(keep)
+        # The fresh training must not meet the incompatible checkpoints (nor our snapshots of them) on its next --c.
+        for path in [*self.layout.existing_checkpoints(), *self.ckpts.snapshots()]:
             self.ckpts.set_aside(path)
         log.warning("WARNING: %s", message)
         self.events.record("warm_start", path=src.path, weights=str(keep), epoch=src.epoch, warning=message)
@@ -410,6 +419,7 @@ class Runner:
             "exit_code": s.exit_code,
             "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
             "verified_epoch": self._verified_epoch,
+            "warm_start_weights": self._warm_weights,
             "next_launch_in_s": (round(s.deadline - self.clock(), 3)
                                  if s.phase is Phase.BACKOFF and s.deadline is not None else None),
             "fold_dir": str(self.layout.fold_dir),
@@ -430,6 +440,11 @@ def incompatibility_report(v: Verdict, limit: int = 20) -> str:
     for key, ck, net in v.shape_mismatches[:limit]:
         lines.append(f"  shape of {key}: checkpoint {ck}, network {net}")
     lines += [f"  hint: {h}" for h in v.hints]
-    lines.append("  The checkpoint is untouched. Restore the trainer/plans it was written with, or set "
-                 "checkpoint.on_incompatible: warm_start to start over from its weights.")
+    blockers = warm_start_blockers(v)
+    if blockers:
+        lines.append("  The checkpoint is untouched. Restore the trainer/plans it was written with; a warm start "
+                     "(-pretrained_weights) cannot help, nnU-Net needs every key outside seg_layers to match.")
+    else:
+        lines.append("  The checkpoint is untouched. Restore the trainer/plans it was written with, or set "
+                     "checkpoint.on_incompatible: warm_start to start over from its weights.")
     return "\n".join(lines)

@@ -101,7 +101,7 @@ def verify_all(paths: list[Path], expect: Mapping[str, Any], network: Mapping[st
     for v, r in zip(sound, answer["results"], strict=True):
         v.content_ok = not r["content_problems"]
         v.problems += r["content_problems"]
-        v.epoch = r["epoch"] if r["epoch"] is not None else v.epoch
+        v.epoch = r["epoch"]  # None where torch could not load it or the epoch is not a sane integer
         v.compatible = r["compatible"]
         v.missing_keys, v.unexpected_keys = r["missing_keys"], r["unexpected_keys"]
         v.shape_mismatches, v.hints = r["shape_mismatches"], r["hints"]

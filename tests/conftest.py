@@ -54,6 +54,14 @@ def write_config(tmp_path: Path, tiny_dataset: tuple[Path, Path]) -> Callable[..
     return write
 
 
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    """An intact checkpoint_latest.pth shaped like nnU-Net's (epoch 7)."""
+    from tests.ckpt_fixtures import nnunet_checkpoint, save
+
+    return save(tmp_path / "checkpoint_latest.pth", nnunet_checkpoint())
+
+
 def supervise(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `python -m supervisor run CONFIG` as a real daemon process."""
     out = open(log or config.with_suffix(".supervisor.log"), "ab")
@@ -70,3 +78,59 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+TRAINER_DIR = "nnUNetTrainer_Demo__nnUNetPlans__3d_fullres"
+
+
+@pytest.fixture(scope="session")
+def interrupted_training(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: tuple[Path, Path]) -> Path:
+    """A real demo training (not supervised) SIGKILLed at the start of epoch 7: returns its trainer folder.
+
+    fold_0 then holds checkpoint_latest.pth (epoch 6) and checkpoint_best.pth; `latest_epoch4.pth` beside
+    the trainer folder (in its parent) is a copy of checkpoint_latest.pth taken when it held epoch 4.
+    """
+    import signal as _signal
+
+    from supervisor.checkpoint import CheckpointError, read_meta
+    from supervisor.demo.dataset import nnunet_env
+
+    raw, pre = tiny_dataset
+    results = tmp_path_factory.mktemp("interrupted") / "results"
+    env = nnunet_env(raw, pre, results)
+    env["nnUNet_extTrainer"] = str(DEMO_TRAINERS)
+    train = Path(sys.executable).parent / "nnUNetv2_train"
+    fold = results / "Dataset901_Tiny" / TRAINER_DIR / "fold_0"
+    with open(results.parent / "train.log", "wb") as log:
+        proc = subprocess.Popen([str(train), "901", "3d_fullres", "0", "-tr", "nnUNetTrainer_Demo", "-device", "cpu"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    early = fold.parent.parent / "latest_epoch4.pth"
+
+    def progress() -> bool:
+        latest = fold / "checkpoint_latest.pth"
+        if not early.exists() and latest.exists():
+            try:
+                if read_meta(latest).current_epoch == 4:
+                    early.write_bytes(latest.read_bytes())
+            except CheckpointError:
+                pass  # caught mid-write; the next poll sees it whole
+        logs = list(fold.glob("training_log_*.txt"))
+        return bool(logs) and ": Epoch 7 " in logs[0].read_text()
+
+    try:
+        wait_for(progress, 240, "the unsupervised training to reach epoch 7", interval_s=0.2)
+    finally:
+        os.killpg(proc.pid, _signal.SIGKILL)
+        proc.wait()
+    assert early.exists(), "never saw checkpoint_latest.pth at epoch 4"
+    return fold.parent
+
+
+def copy_run(trainer_dir: Path, results: Path) -> Path:
+    """Copy a trainer folder into a fresh nnUNet_results tree; returns the new fold_0."""
+    import shutil
+
+    dst = results / "Dataset901_Tiny" / TRAINER_DIR
+    shutil.copytree(trainer_dir, dst)
+    return dst / "fold_0"

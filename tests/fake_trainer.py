@@ -15,11 +15,16 @@ plan = json.loads(os.environ["FAKE_PLAN"])[attempt - 1]
 fold = Path.cwd()
 print("argv:", " ".join(sys.argv[1:]), flush=True)
 start, end = plan.get("epochs", [0, 0])
+if plan.get("no_checkpoint"):  # what nnU-Net 2.8 prints when --c finds nothing to load
+    print("WARNING: Cannot continue training because there seems to be no checkpoint available to continue from. "
+          "Starting a new training...", flush=True)
 with open(fold / f"training_log_2026_1_1_00_00_{attempt:02d}.txt", "a") as log:
     for epoch in range(start, end):
         log.write(f"2026-01-01 00:00:00.000000: Epoch {epoch} \n")
         log.write("2026-01-01 00:00:01.000000: Epoch time: 1.0 s\n")
         log.flush()
+if plan.get("checkpoint"):  # leave a checkpoint behind, as nnU-Net's save_every does
+    (fold / "checkpoint_latest.pth").write_bytes(Path(plan["checkpoint"]).read_bytes())
 outcome = plan["outcome"]
 if outcome == "finish":
     (fold / "checkpoint_final.pth").write_bytes(b"not a real checkpoint")

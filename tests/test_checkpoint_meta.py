@@ -5,8 +5,6 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
-import os
-import pathlib
 import random
 import subprocess
 import sys
@@ -14,59 +12,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from supervisor.checkpoint import CheckpointError, CheckpointMeta, read_meta, resume_point
+from tests.ckpt_fixtures import System, Touch, nnunet_checkpoint, save
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def nnunet_checkpoint(current_epoch: int = 7, trainer_name: str = "nnUNetTrainer") -> dict[str, Any]:
-    """The dict nnUNetTrainer.save_checkpoint writes, with a tiny network."""
-    torch.manual_seed(0)
-    network = nn.Conv3d(1, 2, kernel_size=3, padding=1)
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    network(torch.randn(1, 1, 4, 4, 4)).sum().backward()
-    optimizer.step()  # after one step the state holds momentum buffers
-    return {
-        "network_weights": network.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "grad_scaler_state": None,
-        "logging": {
-            "mean_fg_dice": [np.float64(0.41), np.float64(0.52)],
-            "ema_fg_dice": [np.float64(0.41), np.float64(0.42)],
-            "dice_per_class_or_region": [[np.float64(0.41)], [np.float64(0.52)]],
-            "train_losses": [np.float32(-0.1), np.float32(-0.2)],
-            "val_losses": [np.float32(-0.15), np.float32(-0.25)],
-            "lrs": [0.01, 0.00991],
-            "epoch_start_timestamps": [1795833770.79, 1795833775.5],
-            "epoch_end_timestamps": [1795833775.4, 1795833780.1],
-        },
-        "_best_ema": np.float64(0.42),
-        "current_epoch": current_epoch,
-        "init_args": {
-            "plans": {"dataset_name": "Dataset901_Tiny", "plans_name": "nnUNetPlans"},
-            "configuration": "3d_fullres",
-            "fold": 0,
-            "dataset_json": {"labels": {"background": 0, "tumour": 1}, "numTraining": 8},
-            "device": torch.device("cpu"),
-        },
-        "trainer_name": trainer_name,
-        "inference_allowed_mirroring_axes": (0, 1, 2),
-    }
-
-
-def save(path: Path, obj: Any) -> Path:
-    torch.save(obj, path)
-    return path
-
-
-@pytest.fixture
-def good(tmp_path: Path) -> Path:
-    return save(tmp_path / "checkpoint_latest.pth", nnunet_checkpoint())
 
 
 # --- a readable checkpoint --------------------------------------------------------------------------------------
@@ -186,26 +139,6 @@ class OpenForWriting:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (builtins.open, (self.path, "w"))
-
-
-class Touch:
-    """Unpickling this calls pathlib.Path.touch(Path(path)) (pickled as getattr(Path, 'touch'))."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = pathlib.Path(path)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pathlib.Path.touch, (self.path,))
-
-
-class System:
-    """Unpickling this runs a shell command."""
-
-    def __init__(self, path: Path) -> None:
-        self.command = f"touch {path}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (self.command,))
 
 
 HOSTILE = [OpenForWriting, Touch, System]

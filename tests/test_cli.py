@@ -81,3 +81,26 @@ def test_daemon_modules_do_not_import_torch() -> None:
     code = ("import sys, supervisor.cli, supervisor.runner, supervisor.preflight; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_verify_says_usable_or_why_not_with_exit_0_or_1(tmp_path: Path) -> None:
+    import torch
+
+    from tests.ckpt_fixtures import nnunet_checkpoint
+
+    good = tmp_path / "checkpoint_latest.pth"
+    torch.save(nnunet_checkpoint(current_epoch=12), good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:-5000])
+
+    ok = CliRunner().invoke(main, ["verify", str(good)])
+    assert ok.exit_code == 0, ok.output
+    assert "usable (epoch 12)" in ok.output and "compatibility -" in ok.output
+
+    bad = CliRunner().invoke(main, ["verify", "--json", str(cut)])
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert report["ok"] is False and report["problems"] and report["missing_keys"] == []
+
+    gone = CliRunner().invoke(main, ["verify", "--json", str(tmp_path / "nope.pth")])
+    assert gone.exit_code == 1 and json.loads(gone.output)["problems"] == ["no such file"]

@@ -20,7 +20,7 @@ from supervisor.errors import LockedError
 from supervisor.events import read_events
 from supervisor.lock import RunLock
 from supervisor.loop import StopRequested
-from supervisor.process import MARKER_VAR, TrainerProcess, wait_until
+from supervisor.process import MARKER_VAR, TrainerProcess, marked_processes, wait_until
 from supervisor.runner import Runner
 from supervisor.state import StateStore
 
@@ -99,6 +99,33 @@ def test_non_retryable_failure_exits_1_after_one_launch(tmp_path: Path) -> None:
     assert names(ctx) == ["launch", "exit", "incompatible_checkpoint", "give_up"]
     assert events(ctx)[-1]["reason"] == "incompatible_checkpoint"
     assert events(ctx)[2]["missing_keys"] == ["decoder.seg_layers.4.weight"]
+
+
+@pytest.fixture(scope="module")
+def epoch5_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from tests.ckpt_fixtures import nnunet_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "epoch5.pth"
+    torch.save(nnunet_checkpoint(current_epoch=5), path)
+    return path
+
+
+@pytest.mark.parametrize("second, reason", [
+    ({"no_checkpoint": True, "epochs": [0, 1], "outcome": "hang"}, "fresh_start_detected"),
+    ({"epochs": [2, 3], "outcome": "hang"}, "epoch_regression"),
+])
+def test_a_resume_that_does_not_start_at_the_verified_epoch_is_stopped(
+        tmp_path: Path, epoch5_checkpoint: Path, second: dict[str, Any], reason: str) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 5], "checkpoint": str(epoch5_checkpoint), "outcome": "crash"}, second])
+    assert runner(ctx).run() == 1
+    evs = events(ctx)
+    assert [e["event"] for e in evs if e["event"] in ("checkpoint_verified", "launch")] == [
+        "launch", "checkpoint_verified", "launch"]
+    assert evs[-1]["event"] == "give_up" and evs[-1]["reason"] == reason
+    assert "epoch 5" in evs[-1]["message"]
+    assert marked_processes(str(ctx.layout.fold_dir)) == []  # the second attempt was stopped, not left training
 
 
 def test_no_progress_gives_up(tmp_path: Path) -> None:
