@@ -5,12 +5,16 @@
 content: torch.load(weights_only=True) with the smallest allowlist nnU-Net checkpoints need, required keys,
 finite tensors, a sane epoch, and trainer/configuration/fold of the run. compatibility: the network the
 configured trainer builds (its own initialize(), on the meta device where possible) against the checkpoint's
-network_weights, under nnU-Net's load_checkpoint rules.
+network_weights, under nnU-Net's load_checkpoint rules. The network's shapes are cached (request "cache") under a
+fingerprint of everything that decides them, so a relaunch skips the build unless plans, dataset.json, the trainer
+code or the nnU-Net install changed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -132,6 +136,47 @@ def build_network_state(net: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in network.state_dict().items()}
 
 
+def network_fingerprint(net: dict[str, Any]) -> str:
+    """A hash of what decides the network's state dict, cheap to compute (no torch): the request, the plans and
+    dataset.json bytes, nnU-Net's and the architectures' versions, and every trainer source file nnU-Net may load
+    (size + mtime for the installed package, content for nnUNet_extTrainer folders)."""
+    from importlib import metadata
+
+    h = hashlib.sha256(json.dumps({k: net[k] for k in ("trainer", "configuration", "fold")}).encode())
+    for name in ("plans_file", "dataset_json"):
+        h.update(Path(net[name]).read_bytes())
+    for dist in ("nnunetv2", "dynamic_network_architectures"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            h.update(f"{dist}=={metadata.version(dist)}".encode())
+    spec = importlib.util.find_spec("nnunetv2")
+    if spec and spec.submodule_search_locations:
+        for f in sorted(Path(next(iter(spec.submodule_search_locations)), "training").rglob("*.py")):
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for folder in filter(None, os.environ.get("nnUNet_extTrainer", "").split(os.pathsep)):
+        for f in sorted(Path(folder).rglob("*.py")):
+            h.update(str(f).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """The network's shapes, from the cache when its fingerprint still matches; returns (shapes, from_cache)."""
+    cache = Path(net["cache"]) if net.get("cache") else None
+    fingerprint = network_fingerprint(net) if cache else ""
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            stored = json.loads(cache.read_text())
+            if stored["fingerprint"] == fingerprint:
+                return {k: tuple(v) for k, v in stored["shapes"].items()}, True
+    shapes = build_network_state(net)
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "trainer": net["trainer"], "shapes": shapes}))
+            os.replace(tmp, cache)
+    return shapes, False
+
+
 def compare(weights: dict[str, Any], net_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """nnU-Net's load_checkpoint: strip 'module.' from keys the network lacks, then a strict load_state_dict."""
     renamed = {}
@@ -194,10 +239,11 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     results = []
     net_shapes = None
     build_error = None
+    cached = False
     t0 = time.monotonic()
     if request.get("network"):
         try:
-            net_shapes = build_network_state(request["network"])
+            net_shapes, cached = network_state(request["network"])
         except Exception as exc:
             build_error = f"{type(exc).__name__}: {exc}"
     build_s = time.monotonic() - t0
@@ -214,7 +260,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         entry["seconds"] = round(time.monotonic() - t1, 3)
         results.append(entry)
         del ckpt
-    return {"results": results, "network_error": build_error, "network_build_s": round(build_s, 3)}
+    return {"results": results, "network_error": build_error, "network_build_s": round(build_s, 3),
+            "network_cached": cached}
 
 
 if __name__ == "__main__":

@@ -284,7 +284,8 @@ class Runner:
         candidates = self.ckpts.candidates()
         warm = [Path(self._warm_weights)] if self._warm_weights and Path(self._warm_weights).is_file() else []
         try:
-            verdicts, net_error = verify_all([*candidates, *warm], expectations(self.ctx), network_request(self.ctx),
+            network = network_request(self.ctx, cache=self.layout.supervisor_dir / "network-shapes.json")
+            verdicts, net_error = verify_all([*candidates, *warm], expectations(self.ctx), network,
                                              build_env(self.ctx, attempt=0))
         except ProbeError as exc:
             # Our own verifier failed, not the checkpoints: fall back to the structural check alone.

@@ -57,11 +57,13 @@ def expectations(ctx: RunContext) -> dict[str, Any]:
     return {"trainer_name": nn.trainer, "configuration": nn.configuration, "fold": nn.fold}
 
 
-def network_request(ctx: RunContext) -> dict[str, Any]:
+def network_request(ctx: RunContext, cache: Path | None = None) -> dict[str, Any]:
+    """What the probe needs to build the configured trainer's network; cache: where to keep its shapes."""
     nn = ctx.config.nnunet
     base = ctx.paths.preprocessed / ctx.dataset_name
     return {"trainer": nn.trainer, "plans_file": str(base / f"{nn.plans}.json"),
-            "dataset_json": str(base / "dataset.json"), "configuration": nn.configuration, "fold": nn.fold}
+            "dataset_json": str(base / "dataset.json"), "configuration": nn.configuration, "fold": nn.fold,
+            "cache": str(cache) if cache else None}
 
 
 def probe(candidates: list[str], expect: Mapping[str, Any], network: Mapping[str, Any] | None,

@@ -379,3 +379,28 @@ def test_compare_module_prefix_with_a_real_mismatch_drops_the_ddp_all_clear() ->
 
     assert result["shape_mismatches"] == [[key, [3, 32, 1, 1, 1], [2, 32, 1, 1, 1]]]
     assert "fine" not in hint_text(result)
+
+
+def test_network_shapes_are_cached_until_trainer_code_or_plans_change(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor import ckpt_probe
+
+    trainers = tmp_path / "trainers"
+    trainers.mkdir()
+    (trainers / "MyTrainer.py").write_text("class MyTrainer: pass\n")
+    (tmp_path / "plans.json").write_text('{"configurations": {}}')
+    (tmp_path / "dataset.json").write_text('{"labels": {}}')
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers))
+    builds: list[int] = []
+    monkeypatch.setattr(ckpt_probe, "build_network_state", lambda net: builds.append(1) or {"w": (len(builds), 2)})
+    net = {"trainer": "MyTrainer", "configuration": "3d_fullres", "fold": 0, "plans_file": str(tmp_path / "plans.json"),
+           "dataset_json": str(tmp_path / "dataset.json"), "cache": str(tmp_path / "shapes.json")}
+
+    assert ckpt_probe.network_state(net) == ({"w": (1, 2)}, False)
+    assert ckpt_probe.network_state(net) == ({"w": (1, 2)}, True)  # a relaunch: no build
+    (trainers / "MyTrainer.py").write_text("class MyTrainer: extra = 1\n")  # the trainer was edited
+    assert ckpt_probe.network_state(net) == ({"w": (2, 2)}, False)
+    (tmp_path / "plans.json").write_text('{"configurations": {"3d_fullres": {}}}')  # so were the plans
+    assert ckpt_probe.network_state(net) == ({"w": (3, 2)}, False)
+    assert ckpt_probe.network_state({**net, "cache": None}) == ({"w": (4, 2)}, False)  # no cache asked: always built
+    assert len(builds) == 4
