@@ -154,6 +154,23 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
 
 @main.command()
 @CONFIG_ARG
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None,
+              help="Return only once the supervisor has exited (at most this many seconds).")
+def stop(config: Path, wait_s: float | None) -> None:
+    """Ask the run's live supervisor to stop resumably (as SIGTERM does; for UPS hooks and people). 0 sent, 1 not."""
+    from supervisor.power import request_stop
+
+    ctx = _load(config)
+    try:
+        pid = request_stop(ctx, reason="nnunet-supervise stop", wait_s=wait_s)
+    except SupervisorError as exc:
+        click.echo(f"nnunet-supervise: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"asked supervisor pid {pid} to stop resumably{' ; it has exited' if wait_s is not None else ''}")
+
+
+@main.command()
+@CONFIG_ARG
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""

@@ -124,10 +124,15 @@ class ProcessSection(_Section):
 
 
 class HeartbeatSection(_Section):
-    """Progress expectations (stall detection arrives with the heartbeat issue)."""
+    """Progress expectations: when silence is a hang, a finished trainer lingers, or the loss diverged."""
 
     startup_grace_s: float = Field(900.0, ge=0)
     stall_timeout_s: Union[Literal["auto"], float] = "auto"
+    # extensions to the contract
+    stall_floor_s: float = Field(120.0, gt=0)  # auto never allows less silence than this
+    validation_grace_s: float = Field(3600.0, gt=0)  # silence allowed in the final validation
+    linger_grace_s: float = Field(120.0, ge=0)  # a finished trainer that has not exited by then is stopped
+    nan_loss_epochs: int = Field(3, ge=0)  # this many epochs in a row with train_loss nan: diverged (0: off)
 
     @field_validator("stall_timeout_s")
     @classmethod
@@ -160,6 +165,13 @@ class CooperativeSection(_Section):
         return v
 
 
+class PowerSection(_Section):
+    """Power events: a machine on battery stops the training resumably before the battery is empty."""
+
+    battery_stop_percent: Union[float, None] = Field(15.0, ge=0, le=100)  # null: never stop on battery
+    check_every_s: float = Field(30.0, gt=0)  # extension: how often the battery is read
+
+
 class Config(_Section):
     """A whole run.yaml."""
 
@@ -170,6 +182,7 @@ class Config(_Section):
     heartbeat: HeartbeatSection = HeartbeatSection()
     checkpoint: CheckpointSection = CheckpointSection()
     cooperative: CooperativeSection = CooperativeSection()
+    power: PowerSection = PowerSection()
 
 
 class ResolvedPaths(BaseModel):

@@ -7,6 +7,9 @@ Lifecycle (every transition is in `Decider.step`; anything else raises IllegalTr
      │ Begin(finished) │ LaunchFailed         │ ──ChildExited(retryable)──▶ BACKOFF ──deadline──▶ STARTING
      ▼                 ▼                      │ ──StopRequested──▶ STOPPING ──ChildExited──▶ STOPPED (exit 75)
     FINISHED         FAILED                   │                     └─deadline: Kill (stays STOPPING)
+                                              │ ──Abort──▶ STOPPING ──ChildExited──▶ FAILED (exit 1)
+                                              │ ──Recycle──▶ STOPPING ──ChildExited──▶ as a failure of that kind
+                                              │                (a stall: BACKOFF; a lingering finish: FINISHED)
                                    BACKOFF ──StopRequested──▶ STOPPED (exit 75)
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Union
 
-from supervisor.classify import classify_exit, parse_state_dict_error
+from supervisor.classify import Classification, classify_exit, parse_state_dict_error
 from supervisor.policy import RestartPolicy
 
 EXIT_FINISHED = 0
@@ -60,6 +63,7 @@ class LoopState:
     deadline: Union[float, None] = None  # monotonic time of the next timed decision
     stop_reason: Union[str, None] = None
     abort: Union[Abort, None] = None  # set when STOPPING was entered to give up rather than to pause
+    recycle: Union[Recycle, None] = None  # set when STOPPING was entered to relaunch (a stall) or finish
     killed: bool = False
     exit_code: Union[int, None] = None
     last_exit: Union[dict[str, Any], None] = None
@@ -147,6 +151,15 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class Recycle:
+    """The running attempt must be stopped and its end counted as `kind` (a stall, a lingering finish)."""
+
+    kind: str  # the exit classification, e.g. "stall" (retryable) or "lingering" (finished, did not exit)
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)  # recorded with the `kind` event
+
+
+@dataclass(frozen=True)
 class ChildExited:
     returncode: int
     log_tail: str
@@ -164,7 +177,7 @@ class Tick:
     """Time passed; lets deadlines fire."""
 
 
-Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick, Abort]
+Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick, Abort, Recycle]
 
 
 
@@ -201,10 +214,22 @@ class Decider:
             # RUNNING -> STOPPING, to give up once the trainer is gone
             return replace(s, phase=Phase.STOPPING, abort=ev, deadline=now + self.stop_grace_s), [
                 Say(f"{ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
-        if phase is Phase.STOPPING and isinstance(ev, Abort):
+        if phase is Phase.RUNNING and isinstance(ev, Recycle):
+            # RUNNING -> STOPPING, to relaunch (or finish) once the trainer is gone
+            return replace(s, phase=Phase.STOPPING, recycle=ev, deadline=now + self.stop_grace_s), [
+                Record(ev.kind, {"attempt": s.attempt, "message": ev.message, **ev.fields}),
+                Say(f"attempt {s.attempt}: {ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
+        if phase is Phase.STOPPING and isinstance(ev, (Abort, Recycle)):
             return s, []
+        if phase in (Phase.STARTING, Phase.BACKOFF) and isinstance(ev, (Abort, Recycle)):
+            return s, []  # about an attempt that is already gone
         if phase is Phase.RUNNING and isinstance(ev, ChildExited):
             return self._exited(s, ev, now)
+        if phase is Phase.STOPPING and isinstance(ev, ChildExited) and s.recycle is not None:
+            # STOPPING -> as if the attempt had ended by itself, classified as the recycle said
+            kind = "finished" if ev.finished else s.recycle.kind
+            ended = replace(s, phase=Phase.RUNNING, recycle=None, killed=False, deadline=None)
+            return self._exited(ended, ev, now, Classification(kind, kind != "finished", s.recycle.message))
         if phase is Phase.STOPPING and isinstance(ev, ChildExited):
             return self._exited_while_stopping(s, ev)
         raise IllegalTransition(f"{type(ev).__name__} in phase {phase.value}")
@@ -241,6 +266,10 @@ class Decider:
             return replace(s, stop_reason=ev.reason), []  # already stopping; the give-up stands
         record = Record("stop_requested", {"reason": ev.reason, **({"signal": ev.reason}
                                                                     if ev.reason.startswith("SIG") else {})})
+        if s.phase is Phase.STOPPING and s.recycle is not None:
+            # STOPPING -> STOPPING: no relaunch after all; the exit now ends in STOPPED (75)
+            return replace(s, recycle=None, stop_reason=ev.reason), [
+                record, Say(f"{ev.reason} received while stopping attempt {s.attempt}: it will not be relaunched")]
         if s.phase is Phase.RUNNING:
             # RUNNING -> STOPPING
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, deadline=now + self.stop_grace_s), [
@@ -265,8 +294,9 @@ class Decider:
                   "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed}
         return fields, Record("exit", fields)
 
-    def _exited(self, s: LoopState, ev: ChildExited, now: float) -> tuple[LoopState, list[Action]]:
-        c = classify_exit(ev.returncode, ev.log_tail, ev.finished)
+    def _exited(self, s: LoopState, ev: ChildExited, now: float,
+                c: Classification | None = None) -> tuple[LoopState, list[Action]]:
+        c = c or classify_exit(ev.returncode, ev.log_tail, ev.finished)
         last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary)
         progressed = ev.epochs_completed > s.best_epoch
         s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed))

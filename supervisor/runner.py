@@ -22,12 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Union
 
+from supervisor.attempt import AttemptWatch
 from supervisor.checkpoint import resume_point
 from supervisor.ckptstore import CheckpointStore, atomic_copy
 from supervisor.command import build_argv, build_env, train_executable
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.events import EventLog
+from supervisor.heartbeat import FileActivity, StallRules, dump_stacks, process_state
 from supervisor.lock import RunLock
 from supervisor.loop import (
     Abort,
@@ -45,16 +47,18 @@ from supervisor.loop import (
     Phase,
     Prepare,
     Record,
+    Recycle,
     Say,
     StopRequested,
     Terminate,
     Tick,
 )
 from supervisor.policy import RestartPolicy
+from supervisor.power import BatteryReading, BatteryWatch, read_battery
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
 from supervisor.resume import ResumePlan, plan_resume, warm_start_blockers
 from supervisor.state import StateStore
-from supervisor.traininglog import LogFollower, read_tail
+from supervisor.traininglog import read_tail
 from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
 
 log = logging.getLogger("nnunet_supervise")
@@ -71,6 +75,11 @@ class _ChildGone:
     returncode: int
 
 
+@dataclass(frozen=True)
+class _Wake:
+    """From the file observer: something changed in the fold folder; look now rather than at the next tick."""
+
+
 Spawner = Callable[[list[str], dict[str, str], Path, Path], TrainerProcess]
 
 
@@ -79,7 +88,8 @@ class Runner:
 
     def __init__(self, ctx: RunContext, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
-                 spawn: Spawner = TrainerProcess.spawn, tick_s: float = 2.0, leftover_grace_s: float = 10.0) -> None:
+                 spawn: Spawner = TrainerProcess.spawn, tick_s: float = 2.0, leftover_grace_s: float = 10.0,
+                 battery: Callable[[], BatteryReading | None] = read_battery) -> None:
         self.ctx = ctx
         self.layout = ctx.layout
         self.clock = clock
@@ -91,7 +101,7 @@ class Runner:
         self.decider = Decider(RestartPolicy.from_config(cfg.restart), cfg.process.stop_grace_s, rand)
         self.events = EventLog(self.layout.events_file, wall)
         self.store = StateStore(self.layout.state_file)
-        self.queue: queue.SimpleQueue[Union[Event, _ChildGone]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Union[Event, _ChildGone, _Wake]] = queue.SimpleQueue()
         self.proc: TrainerProcess | None = None
         self.ckpts = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
         self._prepared: tuple[threading.Thread, list[Any]] | None = None
@@ -100,8 +110,15 @@ class Runner:
         self._warm_weights: str | None = None  # a warm start's weights, until its training writes a checkpoint
         self._expect_epoch: int | None = None  # the epoch the running attempt must resume at
         self._resume_confirmed = True
-        self._logs_before: set[Path] = set()
-        self._followers: dict[Path, LogFollower] = {}
+        self._watch: AttemptWatch | None = None
+        self._battery, self._power = battery, BatteryWatch(cfg.power.battery_stop_percent)
+        self._power_checked: float | None = None
+        self._verdict_sent = False
+        self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
+        hb = cfg.heartbeat
+        self._stall_rules = StallRules(
+            startup_grace_s=hb.startup_grace_s, floor_s=hb.stall_floor_s, validation_grace_s=hb.validation_grace_s,
+            stall_timeout_s=None if hb.stall_timeout_s == "auto" else float(hb.stall_timeout_s))
         self._epoch_now: int | None = None
         self._attempt = 0
         self._last_state = LoopState()
@@ -114,16 +131,23 @@ class Runner:
         lock = RunLock(self.layout.lock_file)
         lock.acquire()  # LockedError -> exit 3, before anything is touched
         log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
+        own = str(self.layout.supervisor_dir)
+        # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
+        files = FileActivity([self.layout.fold_dir], lambda: self.queue.put(_Wake()),
+                             ignore=lambda path: path.startswith(own) and not path.endswith(".log"))
         try:
             become_subreaper()
             previous = self.store.load()
             self._verified_epoch = previous.get("verified_epoch")
             self._had_checkpoints = self._verified_epoch is not None
             self._warm_weights = previous.get("warm_start_weights")
+            self._epoch_times = [float(t) for t in previous.get("epoch_times") or []]
             self._stop_orphans(previous)
+            files.start()
             with self._signals():
                 return self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
         finally:
+            files.stop()
             self._ensure_stopped()
             lock.release()
 
@@ -145,6 +169,9 @@ class Runner:
         timeout = self.tick_s
         if state.deadline is not None:
             timeout = max(0.0, min(timeout, state.deadline - self.clock()))
+        if self._watch is not None and not self._verdict_sent:
+            # wake right at the stall deadline, not up to a tick after it
+            timeout = max(0.0, min(timeout, self._watch.stall.deadline() - self.clock() + 0.01))
         try:
             item = self.queue.get(timeout=timeout)
         except queue.Empty:
@@ -152,6 +179,9 @@ class Runner:
             return Tick()
         if isinstance(item, _ChildGone):
             return self._child_exited(item)
+        if isinstance(item, _Wake):
+            self._watch_progress()
+            return Tick()
         return item
 
     # ---- facts ----
@@ -164,22 +194,28 @@ class Runner:
         self._epoch_now = epoch
         return Begin(finished=finished, resume=bool(checkpoints) or self._had_checkpoints, best_epoch=epoch)
 
-    def _attempt_logs(self) -> list[LogFollower]:
-        """Followers for the training logs this attempt created (nnU-Net starts a new one per start)."""
-        for path in self.layout.training_logs():
-            if path not in self._logs_before and path not in self._followers:
-                self._followers[path] = LogFollower(path)
-        return list(self._followers.values())
-
     def _attempt_epochs(self) -> int:
-        progress = [f.poll() for f in self._attempt_logs()]
+        progress = self._watch.logs() if self._watch else []
         completed = max((p.epochs_completed for p in progress), default=0)
         current = [p.current_epoch for p in progress if p.current_epoch is not None]
         if current:
             self._epoch_now = max(current)
         return completed
 
+    def _check_power(self) -> None:
+        """Every power.check_every_s: on battery -> a `power` record; at the threshold, stop resumably."""
+        now = self.clock()
+        if self._power_checked is not None and now - self._power_checked < self.ctx.config.power.check_every_s:
+            return
+        self._power_checked = now
+        for notice in self._power.observe(self._battery()):
+            self.events.record("power", kind=notice.kind, percent=notice.percent, message=notice.message)
+            log.warning("%s", notice.message)
+            if notice.stop:
+                self.queue.put(StopRequested(notice.message))
+
     def _watch_progress(self) -> None:
+        self._check_power()
         if self.proc is None:
             return
         before = self._epoch_now
@@ -188,6 +224,28 @@ class Runner:
             self._persist_extra()
         if not self._resume_confirmed:
             self._check_resumed_where_expected()
+        watch = self._watch
+        if watch is None or self._verdict_sent:
+            return
+        verdict = watch.poll(self.clock())
+        if verdict is None:
+            return
+        self._verdict_sent = True  # one verdict per attempt; the decider is already stopping it
+        if verdict.kind == "diverged":
+            self.queue.put(Abort("diverged", verdict.message))
+        elif verdict.kind == "stall":
+            self.queue.put(Recycle("stall", verdict.message, self._stall_facts(watch)))
+        else:
+            self.queue.put(Recycle(verdict.kind, verdict.message))
+
+    def _stall_facts(self, watch: AttemptWatch) -> dict[str, Any]:
+        """Before the hung tree is killed: where it is stuck (py-spy) and in what state (T stopped, D in I/O)."""
+        pids = [p.pid for p in marked_processes(str(self.layout.fold_dir))]
+        dump = self.layout.supervisor_dir / f"stall-{self._attempt}.txt"
+        said = dump_stacks(pids, dump)
+        log.warning("attempt %d stalled: %s", self._attempt, said)
+        return {"phase": watch.stall.phase, "timeout_s": round(watch.stall.timeout_s(), 1), "dump": str(dump),
+                "dump_note": said, "process_states": {str(pid): process_state(pid) for pid in pids}}
 
     def _check_resumed_where_expected(self) -> None:
         """Catch a --c that silently started over, or resumed below the checkpoint we verified."""
@@ -197,7 +255,8 @@ class Runner:
             self.queue.put(Abort("fresh_start_detected", f"attempt {self._attempt} was launched with --c to resume "
                                  f"epoch {expect}, but nnU-Net found no checkpoint and started from scratch"))
             return
-        firsts = [f.progress.first_epoch for f in self._followers.values() if f.progress.first_epoch is not None]
+        followers = self._watch.followers.values() if self._watch else []
+        firsts = [f.progress.first_epoch for f in followers if f.progress.first_epoch is not None]
         if not firsts:
             return
         self._resume_confirmed = True
@@ -210,6 +269,8 @@ class Runner:
         if stopped:
             log.info("stopped %d leftover process(es) of the trainer's tree: %s", len(stopped), stopped)
         self.proc = None
+        if self._watch is not None:
+            self._epoch_times = self._watch.stall.epoch_times  # a relaunch starts with what this run learned
         meta = resume_point(self.layout.existing_checkpoints())
         epochs = max(self._attempt_epochs(), (meta.current_epoch or 0) if meta else 0)
         tail = read_tail(self.layout.attempt_log(self._attempt))
@@ -236,8 +297,8 @@ class Runner:
 
     def _launch(self, action: Launch) -> Event:
         self._attempt = action.attempt
-        self._logs_before = set(self.layout.training_logs())
-        self._followers = {}
+        logs_before = set(self.layout.training_logs())
+        self._watch, self._verdict_sent = None, False
         log_path = self.layout.attempt_log(action.attempt)
         resume, pretrained = False, None
         self._expect_epoch, self._resume_confirmed = None, True
@@ -257,6 +318,9 @@ class Runner:
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))
         self.proc = proc
+        hb = self.ctx.config.heartbeat
+        self._watch = AttemptWatch(self.layout, action.attempt, logs_before, self._stall_rules, self.clock(),
+                                   self._epoch_times, hb.linger_grace_s, hb.nan_loss_epochs)
         threading.Thread(target=lambda: self.queue.put(_ChildGone(proc, proc.wait())),
                          name=f"wait-attempt-{action.attempt}", daemon=True).start()
         return Launched(proc.pid, tuple(argv), resume)
@@ -420,6 +484,8 @@ class Runner:
             "exit_code": s.exit_code,
             "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
             "verified_epoch": self._verified_epoch,
+            "epoch_times": self._watch.stall.epoch_times if self._watch else self._epoch_times,
+            "attempt_status": self._watch.status(self.clock()) if self._watch and proc else None,
             "warm_start_weights": self._warm_weights,
             "next_launch_in_s": (round(s.deadline - self.clock(), 3)
                                  if s.phase is Phase.BACKOFF and s.deadline is not None else None),

@@ -11,6 +11,19 @@ EPOCH_START = re.compile(r": Epoch (\d+)\s*$")
 EPOCH_END = re.compile(r": Epoch time: ([0-9.]+) s\s*$")
 TRAINING_DONE = re.compile(r": Training done\.\s*$")
 VALIDATION_DONE = re.compile(r": Validation complete\s*$")
+# Per epoch: "train_loss -0.4567", "val_loss -0.5", "Pseudo dice [0.81, 0.75]" (np.round'ed; nan stays "nan").
+TRAIN_LOSS = re.compile(r": train_loss (\S+)\s*$")
+VAL_LOSS = re.compile(r": val_loss (\S+)\s*$")
+PSEUDO_DICE = re.compile(r": Pseudo dice (\[.*\])\s*$")
+
+
+_NUMBER = re.compile(r"nan|[-+]?inf|[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
+
+
+def _number(text: str) -> float | None:
+    """The number in "-0.4567", "nan" or numpy 2's "np.float32(-0.4567)"."""
+    m = _NUMBER.search(re.sub(r"np\.\w+\(", "", text))
+    return float(m.group(0)) if m else None
 
 
 @dataclass
@@ -23,6 +36,10 @@ class LogProgress:
     epoch_times: list[float] = field(default_factory=list)
     training_done: bool = False
     validation_done: bool = False
+    train_loss: float | None = None
+    val_loss: float | None = None
+    pseudo_dice: str | None = None
+    nan_loss_epochs: int = 0  # consecutive epochs whose train_loss was nan (divergence)
 
     def feed_line(self, line: str) -> None:
         if m := EPOCH_START.search(line):
@@ -37,6 +54,14 @@ class LogProgress:
             self.training_done = True
         elif VALIDATION_DONE.search(line):
             self.validation_done = True
+        elif m := TRAIN_LOSS.search(line):
+            self.train_loss = _number(m.group(1))
+            nan = self.train_loss is not None and self.train_loss != self.train_loss
+            self.nan_loss_epochs = self.nan_loss_epochs + 1 if nan else 0
+        elif m := VAL_LOSS.search(line):
+            self.val_loss = _number(m.group(1))
+        elif m := PSEUDO_DICE.search(line):
+            self.pseudo_dice = m.group(1)
 
 
 class LogFollower:

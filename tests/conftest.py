@@ -69,6 +69,29 @@ def supervise(config: Path, *args: str, log: Path | None = None) -> subprocess.P
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+def state_of(ctx: Any) -> dict[str, Any]:
+    """The run's state.json ({} while it does not exist or is being replaced)."""
+    try:
+        data: dict[str, Any] = json.loads(ctx.layout.state_file.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def events_of(ctx: Any) -> list[dict[str, Any]]:
+    from supervisor.events import read_events
+
+    return list(read_events(ctx.layout.events_file))
+
+
+def reach_epoch(ctx: Any, epoch: int, timeout_s: float = 240) -> int:
+    """Wait until the supervised trainer reports `epoch`; returns the trainer's pid."""
+    wait_for(lambda: (state_of(ctx).get("epoch") or 0) >= epoch, timeout_s, f"the trainer to reach epoch {epoch}")
+    pid = state_of(ctx).get("pid")
+    assert isinstance(pid, int)
+    return pid
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
     """Poll until predicate() is truthy; fail naming what we waited for."""
     deadline = time.monotonic() + timeout_s

@@ -21,6 +21,8 @@ if plan.get("no_checkpoint"):  # what nnU-Net 2.8 prints when --c finds nothing 
 with open(fold / f"training_log_2026_1_1_00_00_{attempt:02d}.txt", "a") as log:
     for epoch in range(start, end):
         log.write(f"2026-01-01 00:00:00.000000: Epoch {epoch} \n")
+        if plan.get("loss"):
+            log.write(f"2026-01-01 00:00:01.000000: train_loss {plan['loss']} \n")
         log.write("2026-01-01 00:00:01.000000: Epoch time: 1.0 s\n")
         log.flush()
 if plan.get("checkpoint"):  # leave a checkpoint behind, as nnU-Net's save_every does
@@ -38,6 +40,11 @@ if outcome == "incompatible":
     print("Traceback (most recent call last):\nRuntimeError: Error(s) in loading state_dict for PlainConvUNet:\n"
           "\tMissing key(s) in state_dict: \"decoder.seg_layers.4.weight\"", flush=True)
     sys.exit(1)
+if outcome == "linger":  # finished everything, then does not exit (nnU-Net issue #842)
+    (fold / "checkpoint_final.pth").write_bytes(b"not a real checkpoint")
+    (fold / "validation").mkdir(exist_ok=True)
+    (fold / "validation" / "summary.json").write_text("{}")
+    time.sleep(600)
 if outcome == "hang":
     print("hanging", flush=True)
     time.sleep(600)

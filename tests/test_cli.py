@@ -104,3 +104,9 @@ def test_verify_says_usable_or_why_not_with_exit_0_or_1(tmp_path: Path) -> None:
 
     gone = CliRunner().invoke(main, ["verify", "--json", str(tmp_path / "nope.pth")])
     assert gone.exit_code == 1 and json.loads(gone.output)["problems"] == ["no such file"]
+
+
+def test_stop_with_nothing_running_says_so_and_exits_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["stop", str(write(tmp_path, GOOD))])
+    assert result.exit_code == 1
+    assert "no supervisor is running" in result.output

@@ -10,7 +10,7 @@ import pytest
 from supervisor.config import Config, load_config, parse_config, resolve_paths, trainer_paths
 from supervisor.errors import ConfigError
 
-TOP_KEYS = "nnunet, paths, restart, process, heartbeat, checkpoint, cooperative"
+TOP_KEYS = "nnunet, paths, restart, process, heartbeat, checkpoint, cooperative, power"
 NNUNET_KEYS = "dataset, configuration, fold, trainer, plans, device, num_gpus, trainer_paths, extra_args, env"
 RESTART_KEYS = "max_restarts, backoff_initial_s, backoff_max_s, max_attempts_without_progress"
 
@@ -153,7 +153,8 @@ def test_unknown_key_in_nnunet_section() -> None:
 
 def test_unknown_key_without_a_close_match_still_lists_allowed_keys() -> None:
     line = only_problem(with_section("heartbeat", zzz=1))
-    assert line == "heartbeat.zzz: unknown key; allowed here: startup_grace_s, stall_timeout_s"
+    assert line == ("heartbeat.zzz: unknown key; allowed here: startup_grace_s, stall_timeout_s, stall_floor_s, "
+                    "validation_grace_s, linger_grace_s, nan_loss_epochs")
 
 
 

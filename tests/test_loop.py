@@ -17,6 +17,7 @@ from supervisor.loop import (
     LoopState,
     Phase,
     Record,
+    Recycle,
     Say,
     StopRequested,
     Terminate,
@@ -236,3 +237,63 @@ def test_terminal_state_ignores_late_events() -> None:
     d = decider()
     s, _ = d.step(LoopState(), Begin(finished=True, resume=False), 0)
     assert d.step(s, StopRequested("SIGTERM"), 1) == (s, [])
+
+
+def test_a_stall_stops_the_tree_and_relaunches_under_the_backoff() -> None:
+    d = decider(backoff_initial_s=10)
+    s = started(d, epoch=4)
+    s, actions = d.step(s, Recycle("stall", "no progress for 40 s", {"dump": "stall-1.txt"}), 100.0)
+    assert s.phase is Phase.STOPPING and Terminate(30) in actions
+    assert records(actions, "stall") == [{"attempt": 1, "message": "no progress for 40 s", "dump": "stall-1.txt"}]
+    s, none = d.step(s, Tick(), 129.0)
+    assert none == []
+    s, actions = d.step(s, Tick(), 130.0)  # a SIGSTOPped tree ignores SIGTERM: the grace ends in SIGKILL
+    assert actions[-1] == Kill()
+    s, actions = d.step(s, ChildExited(-9, "", False, 6), 131.0)
+    assert s.phase is Phase.BACKOFF and not s.killed and s.recycle is None
+    assert records(actions, "exit")[0]["classification"] == "stall"
+    assert records(actions, "exit")[0]["retryable"] is True
+    assert records(actions, "backoff")[0]["progress"] is True  # epochs 4 -> 6 before it hung: backoff resets
+    s, actions = d.step(s, Tick(), 131.0 + 10.0)
+    assert actions == [Launch(2, True)]
+
+
+def test_repeated_stalls_without_progress_give_up() -> None:
+    d = decider(max_attempts_without_progress=2, backoff_initial_s=0)
+    s = started(d, epoch=4)
+    for attempt, now in ((1, 10.0), (2, 20.0)):
+        s, _ = d.step(s, Recycle("stall", "hung"), now)
+        s, actions = d.step(s, ChildExited(-15, "", False, 4), now + 1)
+        if attempt == 1:
+            s, _ = d.step(s, Tick(), now + 1)
+            s, _ = d.step(s, Launched(200, ("x", "--c"), True), now + 1)
+    assert s.phase is Phase.FAILED and records(actions, "give_up")[0]["reason"] == "no_progress"
+
+
+def test_a_finished_trainer_that_lingers_is_stopped_and_the_run_is_finished() -> None:
+    d = decider()
+    s = started(d)
+    s, actions = d.step(s, Recycle("lingering", "finished 120 s ago but still running"), 50.0)
+    assert Terminate(30) in actions
+    s, actions = d.step(s, ChildExited(-15, "", True, 10), 51.0)
+    assert s.phase is Phase.FINISHED and actions[-1] == Exit(0)
+    assert records(actions, "finished") == [{"attempt": 1, "epochs": 10}]
+
+
+def test_a_stop_request_while_recycling_ends_resumably_without_a_relaunch() -> None:
+    d = decider()
+    s = started(d)
+    s, _ = d.step(s, Recycle("stall", "hung"), 10.0)
+    s, actions = d.step(s, StopRequested("SIGTERM"), 11.0)
+    assert records(actions, "stop_requested") == [{"reason": "SIGTERM", "signal": "SIGTERM"}]
+    assert not any(isinstance(a, Kill) for a in actions)  # the first request keeps the grace period
+    s, actions = d.step(s, ChildExited(-15, "", False, 3), 12.0)
+    assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)
+
+
+def test_late_recycle_or_abort_about_a_gone_attempt_changes_nothing() -> None:
+    d = decider(backoff_initial_s=10)
+    s = started(d)
+    s, _ = d.step(s, ChildExited(1, "", False, 1), 5.0)
+    assert s.phase is Phase.BACKOFF
+    assert d.step(s, Recycle("stall", "late"), 6.0) == (s, [])

@@ -27,7 +27,8 @@ from supervisor.state import StateStore
 FAKE = Path(__file__).with_name("fake_trainer.py")
 
 
-def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], **restart: float) -> RunContext:
+def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
+             power: dict[str, Any] | None = None, **restart: float) -> RunContext:
     (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
     cfg = {
         "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
@@ -35,6 +36,8 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], **restart: float) -> Ru
         "paths": {"nnUNet_preprocessed": "pre", "nnUNet_results": "res"},
         "restart": {"backoff_initial_s": 0.0, **restart},
         "process": {"stop_grace_s": 2},
+        "heartbeat": heartbeat or {},
+        "power": power or {},
     }
     (tmp_path / "run.yaml").write_text(json.dumps(cfg))
     return RunContext.load(tmp_path / "run.yaml")
@@ -197,3 +200,45 @@ def test_orphaned_trainer_of_a_dead_supervisor_is_stopped_before_launch(tmp_path
     assert not psutil.pid_exists(orphan.pid)
     assert names(ctx)[0] == "orphan_stopped"
     assert orphan.pid in events(ctx)[0]["pids"]
+
+
+def test_a_hung_trainer_is_dumped_killed_and_relaunched(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 2], "outcome": "hang"}, {"epochs": [2, 4], "outcome": "finish"}],
+                   heartbeat={"stall_timeout_s": 1.0})
+    assert runner(ctx).run() == 0
+    evs = events(ctx)
+    assert [e["event"] for e in evs] == ["launch", "stall", "exit", "backoff", "launch", "exit", "finished"]
+    stall = evs[1]
+    assert stall["phase"] == "training" and stall["timeout_s"] == 1.0 and "no progress for" in stall["message"]
+    assert "fake_trainer.py" in Path(stall["dump"]).read_text()  # py-spy saw where it hangs
+    assert evs[2]["classification"] == "stall" and evs[2]["retryable"] is True
+    assert evs[4]["resume"] is True
+
+
+def test_a_trainer_that_finished_but_lingers_is_stopped_and_the_run_ends_finished(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 3], "outcome": "linger"}], heartbeat={"linger_grace_s": 0.5})
+    assert runner(ctx).run() == 0
+    assert names(ctx) == ["launch", "lingering", "exit", "finished"]
+    assert marked_processes(str(ctx.layout.fold_dir)) == []
+
+
+def test_nan_losses_for_n_epochs_stop_as_diverged_without_a_relaunch(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 4], "loss": "nan", "outcome": "hang"}], heartbeat={"nan_loss_epochs": 3})
+    assert runner(ctx).run() == 1
+    assert names(ctx) == ["launch", "exit", "give_up"]
+    assert events(ctx)[-1]["reason"] == "diverged" and "nan for 4 epochs" in events(ctx)[-1]["message"]
+
+
+def test_on_battery_at_the_threshold_the_run_stops_resumably(tmp_path: Path) -> None:
+    from supervisor.power import BatteryReading
+
+    readings = [BatteryReading(90, False), BatteryReading(40, True), BatteryReading(12, True)]
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 1], "outcome": "hang"}], power={"check_every_s": 0.01})
+    r = Runner(ctx, spawn=fake_spawn, tick_s=0.05, leftover_grace_s=1.0,
+               battery=lambda: readings.pop(0) if len(readings) > 1 else readings[0])
+    assert r.run() == 75
+    power = [e for e in events(ctx) if e["event"] == "power"]
+    assert [(e["kind"], e["percent"]) for e in power] == [("on_battery", 40), ("battery_low", 12)]
+    stop = next(e for e in events(ctx) if e["event"] == "stop_requested")
+    assert stop["reason"].startswith("power: battery at 12%")
+    assert StateStore(ctx.layout.state_file).load()["resumable"] is True

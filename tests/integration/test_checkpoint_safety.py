@@ -12,15 +12,12 @@ import pytest
 
 from supervisor.checkpoint import read_meta
 from supervisor.context import RunContext
-from supervisor.events import read_events
 from supervisor.traininglog import read_progress
-from tests.conftest import DEMO_TRAINERS, copy_run, supervise
+from tests.conftest import DEMO_TRAINERS, copy_run, events_of, supervise
 
 pytestmark = pytest.mark.integration
 
 
-def events_of(ctx: RunContext) -> list[dict[str, Any]]:
-    return list(read_events(ctx.layout.events_file))
 
 
 def resumed_at(ctx: RunContext) -> int | None:

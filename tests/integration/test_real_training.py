@@ -5,7 +5,6 @@ Each test takes a minute or two; they are few and decisive.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,24 +17,15 @@ import pytest
 
 from supervisor.checkpoint import read_meta
 from supervisor.context import RunContext
-from supervisor.events import read_events
 from supervisor.process import marked_processes
 from supervisor.traininglog import read_progress
-from tests.conftest import supervise, wait_for
+from tests.conftest import events_of, state_of, supervise, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def state_of(ctx: RunContext) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(ctx.layout.state_file.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
 
 
-def events_of(ctx: RunContext) -> list[dict[str, Any]]:
-    return list(read_events(ctx.layout.events_file))
 
 
 def alive(pid: int) -> bool:

@@ -1,0 +1,160 @@
+"""Stall rules with a fake clock, the attempt watch on real files, the file observer, loss parsing."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from supervisor.attempt import AttemptWatch
+from supervisor.heartbeat import FileActivity, StallRules, StallWatch, dump_stacks, process_state
+from supervisor.layout import RunLayout
+from supervisor.traininglog import LogProgress
+
+AUTO = StallRules(startup_grace_s=100, stall_timeout_s=None, floor_s=10, auto_factor=3, validation_grace_s=500)
+
+
+def test_startup_grace_then_the_auto_timeout_learned_from_epoch_times() -> None:
+    w = StallWatch(AUTO, launched_at=0.0)
+    assert w.stalled(99.0) is None
+    assert "startup phase" in (w.stalled(100.0) or "")
+    w.progress(50.0, "epoch 0 started", "training")
+    assert w.timeout_s() == 100  # nothing learned yet: as patient as the start-up
+    w.epoch_ended(80.0, 30.0, first_of_attempt=True)  # warm-up epoch, but the only measure so far
+    w.epoch_ended(90.0, 8.0, first_of_attempt=False)
+    assert w.epoch_times == [30.0, 8.0] and w.timeout_s() == 90.0  # 3 x the longest recent epoch
+    w.epoch_times = [5.0, 6.0, 4.0]
+    assert w.timeout_s() == 18.0
+    assert w.stalled(107.9) is None
+    message = w.stalled(108.0)
+    assert message is not None and "no progress for 18 s in the training phase" in message
+    assert "auto: 3 x the longest recent epoch" in message and "last sign of life: epoch end" in message
+
+
+def test_auto_never_below_the_floor_and_an_explicit_timeout_wins() -> None:
+    w = StallWatch(AUTO, 0.0, epoch_times=[1.0])
+    w.progress(0.0, "epoch 3 started", "training")
+    assert w.timeout_s() == 10  # 3 x 1 s is below the floor
+    fixed = StallWatch(StallRules(startup_grace_s=100, stall_timeout_s=42.0), 0.0, epoch_times=[1.0])
+    fixed.progress(0.0, "epoch 1 started", "training")
+    assert fixed.timeout_s() == 42.0
+
+
+def test_the_first_epoch_of_a_later_attempt_does_not_skew_the_learned_pace() -> None:
+    w = StallWatch(AUTO, 0.0, epoch_times=[5.0, 5.0])
+    w.epoch_ended(10.0, 60.0, first_of_attempt=True)  # compile + worker start-up
+    assert w.epoch_times == [5.0, 5.0]
+
+
+def test_validation_phase_gets_its_own_allowance() -> None:
+    w = StallWatch(AUTO, 0.0, epoch_times=[5.0])
+    w.progress(0.0, "training done, final validation", "validation")
+    assert w.timeout_s() == 500
+    assert w.stalled(499.0) is None and w.stalled(500.0) is not None
+
+
+def write_lines(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        for line in lines:
+            f.write(f"2026-11-28 10:00:00.000000: {line} \n")
+
+
+def watch_for(tmp_path: Path, rules: StallRules = AUTO, **kw: float) -> tuple[AttemptWatch, RunLayout]:
+    layout = RunLayout(tmp_path / "res", "Dataset901_Tiny", "nnUNetTrainer", "nnUNetPlans", "3d_fullres", "0")
+    layout.supervisor_dir.mkdir(parents=True)
+    (layout.fold_dir / "training_log_old.txt").write_text("2026: Epoch 0 \n")  # an earlier attempt's log
+    args = {"linger_grace_s": 60.0, "nan_loss_epochs": 3, **kw}
+    return AttemptWatch(layout, 1, set(layout.training_logs()), rules, 0.0, [], args["linger_grace_s"],
+                        int(args["nan_loss_epochs"])), layout
+
+
+def test_attempt_watch_sees_epochs_and_flags_a_stall_after_the_learned_timeout(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path)
+    log = layout.fold_dir / "training_log_2026_11_28_10_00_00.txt"
+    write_lines(log, "Epoch 4", "train_loss -0.5", "val_loss -0.4", "Pseudo dice [np.float32(0.81)]",
+                "Epoch time: 4.0 s", "Epoch 5")
+    assert watch.poll(10.0) is None
+    assert watch.stall.phase == "training" and watch.stall.epoch_times == [4.0]
+    status = watch.status(10.0)
+    assert status["train_loss"] == -0.5 and status["pseudo_dice"] == "[np.float32(0.81)]"
+    assert status["stall_timeout_s"] == 12.0  # max(floor 10, 3 x 4 s)
+    assert watch.poll(21.9) is None
+    verdict = watch.poll(22.0)
+    assert verdict is not None and verdict.kind == "stall"
+
+
+def test_a_checkpoint_write_counts_as_progress(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path)
+    write_lines(layout.fold_dir / "training_log_new.txt", "Epoch 0", "Epoch time: 4.0 s")
+    watch.poll(0.0)
+    layout.checkpoint("checkpoint_latest.pth").write_bytes(b"x")
+    assert watch.poll(11.0) is None
+    assert watch.stall.last_what == "checkpoint written"
+    assert watch.poll(22.9) is None and watch.poll(23.0) is not None
+
+
+def test_validation_output_keeps_a_long_final_validation_alive(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path)
+    log = layout.fold_dir / "training_log_new.txt"
+    write_lines(log, "Epoch 9", "Epoch time: 4.0 s", "Training done.")
+    watch.poll(0.0)
+    assert watch.stall.phase == "validation"
+    (layout.fold_dir / "validation").mkdir()
+    for i, now in enumerate((400.0, 800.0, 1200.0)):
+        (layout.fold_dir / "validation" / f"case_{i}.nii.gz").write_bytes(b"x")
+        assert watch.poll(now) is None
+    assert watch.poll(1699.0) is None and watch.poll(1700.0) is not None
+
+
+def test_finished_then_lingering(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path, linger_grace_s=30.0)
+    (layout.fold_dir / "validation").mkdir()
+    (layout.fold_dir / "validation" / "summary.json").write_text("{}")
+    layout.checkpoint("checkpoint_final.pth").write_bytes(b"x")
+    assert watch.poll(5000.0) is None  # finished: silence is no stall
+    verdict = watch.poll(5030.0)
+    assert verdict is not None and verdict.kind == "lingering"
+
+
+def test_nan_losses_in_a_row_are_divergence_but_an_interrupted_run_of_them_is_not(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path)
+    log = layout.fold_dir / "training_log_new.txt"
+    write_lines(log, "Epoch 0", "train_loss nan", "Epoch 1", "train_loss nan", "Epoch 2", "train_loss -0.1",
+                "Epoch 3", "train_loss nan", "Epoch 4", "train_loss np.float32(nan)")
+    assert watch.poll(1.0) is None
+    write_lines(log, "Epoch 5", "train_loss nan")
+    verdict = watch.poll(2.0)
+    assert verdict is not None and verdict.kind == "diverged" and "nan for 3 epochs" in verdict.message
+
+
+def test_loss_lines_parse_like_nnunet_prints_them() -> None:
+    p = LogProgress()
+    for line in ["x: train_loss 0.3434 ", "x: val_loss np.float32(-0.2153) ", "x: Pseudo dice [np.float32(0.3192)] "]:
+        p.feed_line(line)
+    assert (p.train_loss, p.val_loss, p.pseudo_dice) == (0.3434, -0.2153, "[np.float32(0.3192)]")
+
+
+def test_file_activity_wakes_on_changes_but_not_on_ignored_paths(tmp_path: Path) -> None:
+    wakes: queue.Queue[str] = queue.Queue()
+    own = tmp_path / "supervisor"
+    own.mkdir()
+    files = FileActivity([tmp_path], lambda: wakes.put("wake"), ignore=lambda p: p.startswith(str(own)),
+                         min_interval_s=0.0)
+    files.start()
+    try:
+        (own / "state.json").write_text("{}")
+        (tmp_path / "training_log.txt").write_text("Epoch 1\n")
+        assert wakes.get(timeout=10) == "wake"
+    finally:
+        files.stop()
+
+
+def test_dump_stacks_without_py_spy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import supervisor.heartbeat as hb
+
+    monkeypatch.setattr(hb, "_py_spy", lambda: None)
+    note = dump_stacks([1], tmp_path / "stall-1.txt")
+    assert note == "py-spy unavailable: no stack dump taken"
+    assert "py-spy is not installed" in (tmp_path / "stall-1.txt").read_text()
+    assert process_state(1) in "SRDTZI?"
