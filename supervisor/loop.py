@@ -11,6 +11,7 @@ Lifecycle (every transition is in `Decider.step`; anything else raises IllegalTr
                                               │ ──Recycle──▶ STOPPING ──ChildExited──▶ as a failure of that kind
                                               │                (a stall: BACKOFF; a lingering finish: FINISHED)
                                    BACKOFF ──StopRequested──▶ STOPPED (exit 75)
+                                   BACKOFF ──Abort──▶ FAILED (exit 1)
 """
 
 from __future__ import annotations
@@ -221,6 +222,10 @@ class Decider:
                 Say(f"attempt {s.attempt}: {ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
         if phase is Phase.STOPPING and isinstance(ev, (Abort, Recycle)):
             return s, []
+        if phase is Phase.BACKOFF and isinstance(ev, Abort):
+            # BACKOFF -> FAILED: a reason to give up (a GPU fault, a divergence seen late) holds for the next
+            # attempt too
+            return self._give_up(s, ev.kind, ev.message)
         if phase in (Phase.STARTING, Phase.BACKOFF) and isinstance(ev, (Abort, Recycle)):
             return s, []  # about an attempt that is already gone
         if phase is Phase.RUNNING and isinstance(ev, ChildExited):

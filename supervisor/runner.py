@@ -29,6 +29,7 @@ from supervisor.command import build_argv, build_env, train_executable
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.events import EventLog
+from supervisor.gpu import GpuFault, GpuHealth, GpuMonitor, create_monitor, wait_memory_released
 from supervisor.heartbeat import FileActivity, StallRules, dump_stacks, process_state
 from supervisor.lock import RunLock
 from supervisor.loop import (
@@ -80,6 +81,13 @@ class _Wake:
     """From the file observer: something changed in the fold folder; look now rather than at the next tick."""
 
 
+@dataclass(frozen=True)
+class _GpuReport:
+    """From the GPU monitor's thread: a GpuFault or a changed GpuHealth."""
+
+    report: GpuFault | GpuHealth
+
+
 Spawner = Callable[[list[str], dict[str, str], Path, Path], TrainerProcess]
 
 
@@ -101,7 +109,9 @@ class Runner:
         self.decider = Decider(RestartPolicy.from_config(cfg.restart), cfg.process.stop_grace_s, rand)
         self.events = EventLog(self.layout.events_file, wall)
         self.store = StateStore(self.layout.state_file)
-        self.queue: queue.SimpleQueue[Union[Event, _ChildGone, _Wake]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Union[Event, _ChildGone, _Wake, _GpuReport]] = queue.SimpleQueue()
+        self.gpu: GpuMonitor | None = None
+        self._old_tree: set[int] = set()  # the last attempt's pids, whose GPU memory must be freed first
         self.proc: TrainerProcess | None = None
         self.ckpts = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
         self._prepared: tuple[threading.Thread, list[Any]] | None = None
@@ -144,10 +154,13 @@ class Runner:
             self._epoch_times = [float(t) for t in previous.get("epoch_times") or []]
             self._stop_orphans(previous)
             files.start()
+            self._start_gpu_monitor()
             with self._signals():
                 return self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
         finally:
             files.stop()
+            if self.gpu is not None:
+                self.gpu.stop()
             self._ensure_stopped()
             lock.release()
 
@@ -182,7 +195,29 @@ class Runner:
         if isinstance(item, _Wake):
             self._watch_progress()
             return Tick()
+        if isinstance(item, _GpuReport):
+            return self._gpu_report(item.report)
         return item
+
+    def _gpu_report(self, report: GpuFault | GpuHealth) -> Event:
+        """A hardware-class fault ends the run (exit 1: relaunching on a broken GPU repeats the failure; under
+        SLURM the job can go elsewhere); anything else is recorded and the trainer's own exit decides."""
+        if isinstance(report, GpuFault):
+            fields = {"gpu": report.gpu, "xid": report.xid, "kind": report.kind, "hardware": report.hardware,
+                      "message": report.message}
+            self.events.record("gpu_fault", **fields)
+            log.warning("GPU %s: %s", report.gpu, report.message)
+        else:
+            self.events.record("gpu_health", gpu=report.gpu, problems=report.problems, hardware=report.hardware)
+            log.warning("GPU %s health: %s", report.gpu, "; ".join(report.problems) or "recovered")
+            if report.hardware:
+                self.events.record("gpu_fault", gpu=report.gpu, xid=None, kind="health", hardware=True,
+                                   message="; ".join(report.problems))
+        if report.hardware:
+            what = report.message if isinstance(report, GpuFault) else "; ".join(report.problems)
+            return Abort("gpu_fault", f"GPU {report.gpu} has a hardware-class fault ({what}): not relaunching on "
+                                      "it; have the GPU checked (nvidia-smi -q), or run elsewhere")
+        return Tick()
 
     # ---- facts ----
 
@@ -201,6 +236,29 @@ class Runner:
         if current:
             self._epoch_now = max(current)
         return completed
+
+    def _start_gpu_monitor(self) -> None:
+        nn = self.ctx.config.nnunet
+        visible = nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if visible is None and nn.num_gpus == 1:
+            visible = "0"  # nnU-Net trains on cuda:0 alone; other GPUs' faults are not this run's
+        self.gpu, line = create_monitor(nn.device, visible, self._put_gpu_report)
+        log.info("%s", line)
+        if self.gpu is not None:
+            self.gpu.start()
+
+    def _put_gpu_report(self, report: object) -> None:
+        if isinstance(report, (GpuFault, GpuHealth)):
+            self.queue.put(_GpuReport(report))
+
+    def _wait_gpu_memory(self) -> None:
+        """Before a relaunch: the old tree's CUDA memory must be free, or the new trainer may OOM at once."""
+        if self.gpu is None or not self._old_tree:
+            return
+        held = wait_memory_released(self.gpu.nvml, self.gpu.gpus, self._old_tree, timeout_s=60)
+        if held:
+            log.warning("pids %s still hold GPU memory after 60 s; launching anyway", held)
+        self._old_tree = set()
 
     def _check_power(self) -> None:
         """Every power.check_every_s: on battery -> a `power` record; at the threshold, stop resumably."""
@@ -266,6 +324,7 @@ class Runner:
 
     def _child_exited(self, gone: _ChildGone) -> ChildExited:
         stopped = gone.proc.stop_leftovers(self.leftover_grace_s)
+        self._old_tree = {gone.proc.pid, *stopped}
         if stopped:
             log.info("stopped %d leftover process(es) of the trainer's tree: %s", len(stopped), stopped)
         self.proc = None
@@ -314,6 +373,7 @@ class Runner:
             env = build_env(self.ctx, action.attempt)
             with open(log_path, "a") as f:
                 f.write(f"# nnunet-supervise attempt {action.attempt}: {' '.join(argv)}\n")
+            self._wait_gpu_memory()
             proc = self.spawn(argv, env, log_path, self.layout.fold_dir)
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))

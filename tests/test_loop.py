@@ -297,3 +297,14 @@ def test_late_recycle_or_abort_about_a_gone_attempt_changes_nothing() -> None:
     s, _ = d.step(s, ChildExited(1, "", False, 1), 5.0)
     assert s.phase is Phase.BACKOFF
     assert d.step(s, Recycle("stall", "late"), 6.0) == (s, [])
+
+
+def test_a_reason_to_give_up_that_arrives_during_the_backoff_ends_the_run() -> None:
+    from supervisor.loop import Abort
+
+    d = decider(backoff_initial_s=10)
+    s = started(d)
+    s, _ = d.step(s, ChildExited(1, "", False, 1), 5.0)
+    s, actions = d.step(s, Abort("gpu_fault", "GPU 0 fell off the bus"), 6.0)
+    assert s.phase is Phase.FAILED and actions[-1] == Exit(1)
+    assert records(actions, "give_up") == [{"reason": "gpu_fault", "message": "GPU 0 fell off the bus"}]

@@ -242,3 +242,23 @@ def test_on_battery_at_the_threshold_the_run_stops_resumably(tmp_path: Path) -> 
     stop = next(e for e in events(ctx) if e["event"] == "stop_requested")
     assert stop["reason"].startswith("power: battery at 12%")
     assert StateStore(ctx.layout.state_file).load()["resumable"] is True
+
+
+def test_a_hardware_class_gpu_fault_stops_the_trainer_and_gives_up(tmp_path: Path) -> None:
+    from supervisor.gpu import GpuFault
+
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 1], "outcome": "hang"}] * 2)
+    r = runner(ctx)
+
+    def inject() -> None:
+        wait_until(lambda: any(e["event"] == "launch" for e in events(ctx)), 10)
+        r._put_gpu_report(GpuFault("0", 13, "xid", False, "Xid 13 (graphics engine exception)"))
+        r._put_gpu_report(GpuFault("0", 79, "xid", True, "Xid 79 (GPU has fallen off the bus)"))
+
+    in_background(inject)
+    assert r.run() == 1
+    faults = [e for e in events(ctx) if e["event"] == "gpu_fault"]
+    assert [(e["xid"], e["hardware"]) for e in faults] == [(13, False), (79, True)]
+    give_up = events(ctx)[-1]
+    assert give_up["reason"] == "gpu_fault" and "fallen off the bus" in give_up["message"]
+    assert names(ctx).count("launch") == 1 and marked_processes(str(ctx.layout.fold_dir)) == []
