@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.heartbeat import StallRules, StallWatch
+from supervisor.heartbeat import RECENT_EPOCHS, StallRules, StallWatch
 from supervisor.layout import CHECKPOINT_NAMES, RunLayout
 from supervisor.traininglog import LogFollower, LogProgress
 
@@ -89,7 +89,7 @@ class AttemptWatch:
     def status(self, now: float) -> dict[str, object]:
         """For state.json: what a person glancing at the run wants to know."""
         last = max(self.followers.values(), key=lambda f: f.path.name).progress if self.followers else None
-        return {"phase": self.stall.phase, "epoch_times": self.stall.epoch_times[-20:],
+        return {"phase": self.stall.phase, "epoch_times": self.stall.epoch_times[-RECENT_EPOCHS:],
                 "stall_timeout_s": round(self.stall.timeout_s(), 1),
                 "silent_s": round(now - self.stall.last_progress, 1),
                 "train_loss": _finite(last.train_loss if last else None),

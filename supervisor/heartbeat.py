@@ -10,11 +10,10 @@ the next poll; `dump_stacks` records where a hung tree is stuck (py-spy) before 
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -91,11 +90,6 @@ class StallWatch:
                         f"{self.rules.floor_s:g} s)")
         return (f"no progress for {silent:.0f} s in the {self.phase} phase (allowed {self.timeout_s():.0f} s"
                 f"{learned}); last sign of life: {self.last_what}")
-
-
-def median_epoch_s(times: Iterable[float]) -> float | None:
-    values = list(times)
-    return statistics.median(values) if values else None
 
 
 class FileActivity:
