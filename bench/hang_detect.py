@@ -4,7 +4,7 @@
 
 The demo trainer trains the tiny dataset under the supervisor with the automatic stall timeout (2.5 x the
 longest recent epoch; the floor lowered to 1 s, since its epochs take seconds where a GPU run's take minutes).
-Epochs 1-5 measure the daemon's own CPU time (target: <= 1 % of a core while training). Then the trainer's
+Epochs 2-7 measure the daemon's own CPU time (target: <= 1 % of a core while training). Then the trainer's
 main process gets SIGSTOP at a random moment inside an epoch; we time SIGSTOP -> the `stall` event and set it
 beside the run's median epoch time (target: <= 3x).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "traine
 
 def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
     results = root / f"results_hang_{n}"
+    shutil.rmtree(results, ignore_errors=True)  # a finished earlier round would end this one at once
     config = root / f"hang_{n}.yaml"
     config.write_text(json.dumps({
         "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": "nnUNetTrainer_Demo",
@@ -59,9 +61,9 @@ def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
             assert time.monotonic() < deadline and sup.poll() is None, f"the trainer never reached epoch {epoch}"
             time.sleep(0.2)
 
-    reach(1)
+    reach(2)
     cpu0, t0 = daemon.cpu_times(), time.monotonic()
-    reach(5)
+    reach(7)
     cpu1, t1 = daemon.cpu_times(), time.monotonic()
     time.sleep(random.uniform(0.0, 2.5))  # somewhere inside an epoch
     pid = state()["pid"]

@@ -6,7 +6,9 @@ at most one verdict: the attempt stalled, lingers after finishing, or diverged. 
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,11 @@ class AttemptWatch:
     """Progress of one attempt, from the training logs it created, its attempt log and the fold folder."""
 
     def __init__(self, layout: RunLayout, attempt: int, logs_before: set[Path], rules: StallRules,
-                 launched_at: float, epoch_times: list[float], linger_grace_s: float, nan_loss_epochs: int) -> None:
+                 launched_at: float, epoch_times: list[float], linger_grace_s: float, nan_loss_epochs: int,
+                 heartbeat: Path | None = None) -> None:
         self.layout, self.attempt, self._logs_before = layout, attempt, logs_before
+        self.heartbeat = heartbeat  # cooperative mode: the trainer's heartbeat file
+        self._beat = _stamp(heartbeat) if heartbeat else None  # an earlier attempt's last beat is not news
         self.stall = StallWatch(rules, launched_at, list(epoch_times))
         self.linger_grace_s, self.nan_loss_epochs = linger_grace_s, nan_loss_epochs
         self.followers: dict[Path, LogFollower] = {}
@@ -72,6 +77,7 @@ class AttemptWatch:
                 self.stall.epoch_ended(now, seconds, first_of_attempt=self._ended == 1)
             if p.training_done and self.stall.phase != "validation":
                 self.stall.progress(now, "training done, final validation", "validation")
+        self._feed_heartbeat(now)
         marks = tuple(_stamp(self.layout.checkpoint(n)) for n in CHECKPOINT_NAMES)
         if marks != self._marks:
             if self._marks:
@@ -86,12 +92,32 @@ class AttemptWatch:
                 self.stall.progress(now, "validation output")
                 self._validation_marks = seen
 
+    def _feed_heartbeat(self, now: float) -> None:
+        """Cooperative mode: a fresh heartbeat file is progress at iteration granularity (a stat per poll)."""
+        if self.heartbeat is None:
+            return
+        stamp = _stamp(self.heartbeat)
+        if stamp is None or stamp == self._beat:
+            return
+        self._beat = stamp
+        try:
+            beat = json.loads(self.heartbeat.read_text())
+            epoch, iteration, phase = int(beat["epoch"]), int(beat["iteration"]), str(beat["phase"])
+            gap = float(beat["max_gap_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # mid-replace or foreign: the next one will do
+        if phase == "training":
+            self.stall.progress(now, f"heartbeat (epoch {epoch}, iteration {iteration})", "training")
+            if self._ended >= 1 and gap > 0:  # an epoch end (with its saves) is part of the learned gap
+                self.stall.beat_gap_s = gap
+
     def status(self, now: float) -> dict[str, object]:
         """For state.json: what a person glancing at the run wants to know."""
         last = max(self.followers.values(), key=lambda f: f.path.name).progress if self.followers else None
         return {"phase": self.stall.phase, "epoch_times": self.stall.epoch_times[-RECENT_EPOCHS:],
                 "stall_timeout_s": round(self.stall.timeout_s(), 1),
-                "silent_s": round(now - self.stall.last_progress, 1),
+                # a wall-clock time rather than "silent for N s": state.json then changes only on news
+                "last_progress_at": round(time.time() - (now - self.stall.last_progress)),
                 "train_loss": _finite(last.train_loss if last else None),
                 "val_loss": _finite(last.val_loss if last else None), "pseudo_dice": last.pseudo_dice if last else None}
 

@@ -55,7 +55,7 @@ RULES: tuple[_Rule, ...] = (
           "run the command once by hand to answer it, or fix what it asks about (often splits_final.json)"),
     _rule("cuda_oom", True, r"CUDA out of memory|OutOfMemoryError",
           "the GPU ran out of memory"),
-    _rule("disk_full", True, r"No space left on device|\[Errno 28\]",
+    _rule("disk_full", True, r"No space left on device|\[Errno 28\]|nnunet-supervise: disk full",
           "the disk is full"),
     _rule("nccl_error", True, r"NCCL error|ncclInternalError|ncclSystemError|ProcessGroupNCCL",
           "a distributed (NCCL) error"),
@@ -87,6 +87,9 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
         name = _signal_name(-returncode)
         hint = " (SIGKILL from outside is often the kernel's OOM killer)" if name == "SIGKILL" else ""
         return Classification("killed_by_signal", True, f"killed by {name}{hint}")
+    if returncode == 75 and "nnunet-supervise:" in log_tail:
+        return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "
+                              "sent to it (not by this supervisor)")
     for rule in RULES:
         if rule.pattern.search(log_tail):
             detail = last_error_line(log_tail)

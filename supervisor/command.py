@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from supervisor.context import RunContext
+from supervisor.cooperative import HEARTBEAT_VAR, SAVE_EVERY_EPOCHS_VAR, SAVE_EVERY_S_VAR
 from supervisor.errors import LaunchError
 from supervisor.process import MARKER_VAR
 
@@ -26,10 +27,18 @@ def train_executable() -> str:
     return found
 
 
-def build_argv(ctx: RunContext, executable: str, resume: bool, pretrained: str | None = None) -> list[str]:
-    """nnUNetv2_train DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c | -pretrained_weights W] [extra]."""
+def trainer_command(ctx: RunContext) -> list[str]:
+    """What runs the training: nnUNetv2_train, or in cooperative mode nnU-Net's same entry through our shim
+    (in this Python, whose environment has both nnunetv2 and this package)."""
+    if ctx.config.cooperative.enabled:
+        return [sys.executable, "-m", "supervisor.launch"]
+    return [train_executable()]
+
+
+def build_argv(ctx: RunContext, command: list[str], resume: bool, pretrained: str | None = None) -> list[str]:
+    """COMMAND DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c | -pretrained_weights W] [extra]."""
     nn = ctx.config.nnunet
-    argv = [executable, str(nn.dataset), nn.configuration, str(nn.fold),
+    argv = [*command, str(nn.dataset), nn.configuration, str(nn.fold),
             "-tr", nn.trainer, "-p", nn.plans, "-device", nn.device]
     if nn.num_gpus != 1:
         argv += ["-num_gpus", str(nn.num_gpus)]
@@ -56,4 +65,9 @@ def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = No
     env[ATTEMPT_VAR] = str(attempt)
     env[MARKER_VAR] = str(ctx.layout.fold_dir)
     env["PYTHONUNBUFFERED"] = "1"  # the attempt log shows the traceback even when the trainer is SIGKILLed
+    coop = ctx.config.cooperative
+    if coop.enabled:
+        env[SAVE_EVERY_EPOCHS_VAR] = str(coop.save_every_epochs or 0)
+        env[SAVE_EVERY_S_VAR] = "" if coop.save_every_s is None else repr(coop.save_every_s)
+        env[HEARTBEAT_VAR] = str(ctx.layout.heartbeat_file)
     return env

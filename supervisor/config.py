@@ -107,6 +107,7 @@ class RestartSection(_Section):
     backoff_initial_s: float = Field(10.0, ge=0)
     backoff_max_s: float = Field(600.0, ge=0)
     max_attempts_without_progress: int = Field(3, ge=1)
+    disk_check_s: float = Field(30.0, gt=0)  # extension: after a full disk, how often free space is looked at
 
     @model_validator(mode="after")
     def _order(self) -> RestartSection:
@@ -151,17 +152,20 @@ class CheckpointSection(_Section):
 
 
 class CooperativeSection(_Section):
-    """Launch through the supervisor's shim for atomic, frequent, on-request saves."""
+    """Launch through the supervisor's shim (python -m supervisor.launch) for atomic, frequent, on-request saves."""
 
     enabled: bool = False
-    save_every_epochs: int = Field(1, ge=1)
+    save_every_epochs: Union[int, None] = Field(1, ge=1)  # null: only save_every_s (and the trainer's own)
     save_every_s: Union[float, None] = Field(None, gt=0)
+    # extension: how long a stop request waits for the trainer to finish its epoch and save; auto = 2 x the
+    # longest recent epoch + 60 s (600 s before one was seen), then SIGTERM/SIGKILL as without cooperation
+    stop_timeout_s: Union[Literal["auto"], float] = "auto"
 
-    @field_validator("enabled")
+    @field_validator("stop_timeout_s")
     @classmethod
-    def _not_yet(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("false: cooperative mode is not available in this version yet")
+    def _positive(cls, v: Union[str, float]) -> Union[str, float]:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError('"auto" or a number of seconds > 0')
         return v
 
 
@@ -183,6 +187,13 @@ class Config(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     cooperative: CooperativeSection = CooperativeSection()
     power: PowerSection = PowerSection()
+
+    @model_validator(mode="after")
+    def _cooperative_single_process(self) -> Config:
+        if self.cooperative.enabled and self.nnunet.num_gpus != 1:
+            raise ValueError(f"cooperative.enabled: true needs nnunet.num_gpus: 1 (got {self.nnunet.num_gpus}); "
+                             "multi-GPU (DDP) training runs without the shim")
+        return self
 
 
 class ResolvedPaths(BaseModel):

@@ -29,9 +29,9 @@ class StallRules:
     startup_grace_s: float = 900.0  # launch -> first epoch (imports, unpacking, torch.compile)
     stall_timeout_s: float | None = None
     floor_s: float = 120.0  # auto never goes below this
-    # auto = factor x the longest recent epoch: room for an epoch 2.5x slower than any seen, while a hang is
-    # still noticed within 3x the typical epoch
-    auto_factor: float = 2.5
+    # auto = factor x the longest recent epoch: room for an epoch twice as slow as any of the last 20, while a
+    # hang is still noticed within about 3x the typical epoch (bench/hang_detect.py)
+    auto_factor: float = 2.0
     validation_grace_s: float = 3600.0  # silence allowed during the final validation (one big case)
 
 
@@ -45,6 +45,9 @@ class StallWatch:
     phase: Phase = "startup"
     last_progress: float = 0.0
     last_what: str = "launch"
+    # cooperative mode: the longest silence between two heartbeats of the trainer (iterations, epoch ends with
+    # their saves), once an epoch end is included; the auto timeout then scales with it instead of whole epochs
+    beat_gap_s: float | None = None
 
     def __post_init__(self) -> None:
         self.last_progress = self.launched_at
@@ -60,6 +63,8 @@ class StallWatch:
     def training_timeout_s(self) -> float:
         if self.rules.stall_timeout_s is not None:
             return self.rules.stall_timeout_s
+        if self.beat_gap_s is not None:
+            return max(self.rules.floor_s, self.rules.auto_factor * self.beat_gap_s)
         if not self.epoch_times:
             return max(self.rules.floor_s, self.rules.startup_grace_s)  # nothing learned yet: be patient
         return max(self.rules.floor_s, self.rules.auto_factor * max(self.epoch_times[-RECENT_EPOCHS:]))
@@ -85,8 +90,9 @@ class StallWatch:
         silent = now - self.last_progress
         if silent < self.timeout_s():
             return None
+        unit = "epoch" if self.beat_gap_s is None else "gap between heartbeats"
         learned = ("" if self.phase != "training" or self.rules.stall_timeout_s is not None
-                   else f" (auto: {self.rules.auto_factor:g} x the longest recent epoch, at least "
+                   else f" (auto: {self.rules.auto_factor:g} x the longest recent {unit}, at least "
                         f"{self.rules.floor_s:g} s)")
         return (f"no progress for {silent:.0f} s in the {self.phase} phase (allowed {self.timeout_s():.0f} s"
                 f"{learned}); last sign of life: {self.last_what}")
@@ -107,7 +113,14 @@ class FileActivity:
         self._observer: object | None = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         outer = self
@@ -124,7 +137,10 @@ class FileActivity:
         observer = Observer()
         for folder in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
-            observer.schedule(Handler(), str(folder), recursive=True)
+            # Closes, not every write: nnU-Net opens, appends and closes its log per line, and torch.save's
+            # thousands of writes per checkpoint would each wake the observer thread (the kernel filters them).
+            observer.schedule(Handler(), str(folder), recursive=True,
+                              event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent])
         observer.daemon = True
         observer.start()
         self._observer = observer

@@ -51,6 +51,11 @@ class RunLayout:
         return self.supervisor_dir / "state.json"
 
     @property
+    def heartbeat_file(self) -> Path:
+        """Written by the trainer in cooperative mode (supervisor.cooperative), at most once a second."""
+        return self.supervisor_dir / "heartbeat.json"
+
+    @property
     def events_file(self) -> Path:
         return self.supervisor_dir / "events.jsonl"
 

@@ -12,6 +12,9 @@ Lifecycle (every transition is in `Decider.step`; anything else raises IllegalTr
                                               │                (a stall: BACKOFF; a lingering finish: FINISHED)
                                    BACKOFF ──StopRequested──▶ STOPPED (exit 75)
                                    BACKOFF ──Abort──▶ FAILED (exit 1)
+                                   BACKOFF (disk full) ──deadline──▶ CheckDisk ──DiskChecked(enough)──▶ STARTING
+    Cooperative mode: RUNNING ──StopRequested(save_timeout_s)──▶ STOPPING (saving: RequestSave, wait for its
+    exit 75; at the deadline SIGTERM, then SIGKILL as usual)
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class LoopState:
     abort: Union[Abort, None] = None  # set when STOPPING was entered to give up rather than to pause
     recycle: Union[Recycle, None] = None  # set when STOPPING was entered to relaunch (a stall) or finish
     killed: bool = False
+    saving: bool = False  # STOPPING: the trainer was asked to save and exit (cooperative mode); not yet SIGTERMed
+    waiting_disk: bool = False  # BACKOFF: the last attempt ran out of disk; relaunch only once there is space
     exit_code: Union[int, None] = None
     last_exit: Union[dict[str, Any], None] = None
 
@@ -88,6 +93,21 @@ class Terminate:
     """SIGTERM the trainer's process group."""
 
     grace_s: float
+
+
+@dataclass(frozen=True)
+class DumpStacks:
+    """Record where the hung tree is stuck (py-spy) before it is stopped; the `stall` event is already out."""
+
+
+@dataclass(frozen=True)
+class RequestSave:
+    """Cooperative mode: ask the trainer (SIGUSR1) to save at the end of its epoch and exit 75."""
+
+
+@dataclass(frozen=True)
+class CheckDisk:
+    """Measure the free space in the fold folder; answered by a DiskChecked event."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +135,7 @@ class Exit:
     code: int
 
 
-Action = Union[Launch, Prepare, Terminate, Kill, Record, Say, Exit]
+Action = Union[Launch, Prepare, Terminate, RequestSave, DumpStacks, CheckDisk, Kill, Record, Say, Exit]
 
 
 # ---- events (facts, gathered by the runner) ----
@@ -171,6 +191,13 @@ class ChildExited:
 @dataclass(frozen=True)
 class StopRequested:
     reason: str  # signal name (SIGTERM, ...) or a reason in words
+    save_timeout_s: Union[float, None] = None  # cooperative trainer: how long it may take to save and exit
+
+
+@dataclass(frozen=True)
+class DiskChecked:
+    free_bytes: int
+    needed_bytes: int
 
 
 @dataclass(frozen=True)
@@ -178,7 +205,7 @@ class Tick:
     """Time passed; lets deadlines fire."""
 
 
-Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick, Abort, Recycle]
+Event = Union[Begin, Launched, LaunchFailed, ChildExited, StopRequested, Tick, Abort, Recycle, DiskChecked]
 
 
 
@@ -187,10 +214,11 @@ class Decider:
     """Turns events into actions under a restart policy; `rand` supplies the backoff jitter in [0, 1)."""
 
     def __init__(self, policy: RestartPolicy, stop_grace_s: float,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, disk_check_s: float = 30.0) -> None:
         self.policy = policy
         self.stop_grace_s = stop_grace_s
         self.rand = rand
+        self.disk_check_s = disk_check_s
 
     def step(self, s: LoopState, ev: Event, now: float) -> tuple[LoopState, list[Action]]:
         phase = s.phase
@@ -217,9 +245,12 @@ class Decider:
                 Say(f"{ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
         if phase is Phase.RUNNING and isinstance(ev, Recycle):
             # RUNNING -> STOPPING, to relaunch (or finish) once the trainer is gone
+            # a stall is recorded the moment it is seen; the stack dump (seconds) comes after, before the kill
+            diagnose: list[Action] = [DumpStacks()] if ev.kind == "stall" else []
             return replace(s, phase=Phase.STOPPING, recycle=ev, deadline=now + self.stop_grace_s), [
                 Record(ev.kind, {"attempt": s.attempt, "message": ev.message, **ev.fields}),
-                Say(f"attempt {s.attempt}: {ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
+                Say(f"attempt {s.attempt}: {ev.message}; stopping the trainer"), *diagnose,
+                Terminate(self.stop_grace_s)]
         if phase is Phase.STOPPING and isinstance(ev, (Abort, Recycle)):
             return s, []
         if phase is Phase.BACKOFF and isinstance(ev, Abort):
@@ -228,6 +259,8 @@ class Decider:
             return self._give_up(s, ev.kind, ev.message)
         if phase in (Phase.STARTING, Phase.BACKOFF) and isinstance(ev, (Abort, Recycle)):
             return s, []  # about an attempt that is already gone
+        if isinstance(ev, DiskChecked):
+            return self._disk_checked(s, ev, now)
         if phase is Phase.RUNNING and isinstance(ev, ChildExited):
             return self._exited(s, ev, now)
         if phase is Phase.STOPPING and isinstance(ev, ChildExited) and s.recycle is not None:
@@ -255,16 +288,33 @@ class Decider:
     def _tick(self, s: LoopState, now: float) -> tuple[LoopState, list[Action]]:
         if s.deadline is None or now < s.deadline:
             return s, []
+        if s.phase is Phase.BACKOFF and s.waiting_disk:
+            return replace(s, deadline=None), [CheckDisk()]  # BACKOFF -> BACKOFF until DiskChecked says enough
         if s.phase is Phase.BACKOFF:
-            # BACKOFF -> STARTING: every relaunch resumes with --c
-            attempt = s.attempt + 1
-            return replace(s, phase=Phase.STARTING, attempt=attempt, restarts=s.restarts + 1, deadline=None), [
-                Launch(attempt, True)]
+            return self._relaunch(s)
+        if s.phase is Phase.STOPPING and s.saving:
+            # STOPPING -> STOPPING: the trainer did not save in time; stop it as without cooperation
+            return replace(s, saving=False, deadline=now + self.stop_grace_s), [
+                Say("the trainer did not save and exit in time; sending SIGTERM"), Terminate(self.stop_grace_s)]
         if s.phase is Phase.STOPPING and not s.killed:
             # STOPPING -> STOPPING: the grace period is over
             return replace(s, killed=True, deadline=None), [
                 Say(f"trainer did not exit within {self.stop_grace_s:g} s of SIGTERM; sending SIGKILL"), Kill()]
         return replace(s, deadline=None), []
+
+    def _relaunch(self, s: LoopState) -> tuple[LoopState, list[Action]]:
+        # BACKOFF -> STARTING: every relaunch resumes with --c
+        attempt = s.attempt + 1
+        return replace(s, phase=Phase.STARTING, attempt=attempt, restarts=s.restarts + 1, deadline=None), [
+            Launch(attempt, True)]
+
+    def _disk_checked(self, s: LoopState, ev: DiskChecked, now: float) -> tuple[LoopState, list[Action]]:
+        if s.phase is not Phase.BACKOFF or not s.waiting_disk:
+            return s, []
+        if ev.free_bytes >= ev.needed_bytes:
+            return self._relaunch(replace(s, waiting_disk=False))
+        # BACKOFF -> BACKOFF: look again later; a relaunch now would fail the same way (and use up the budget)
+        return replace(s, deadline=now + self.disk_check_s), []
 
     def _stop(self, s: LoopState, ev: StopRequested, now: float) -> tuple[LoopState, list[Action]]:
         if s.phase is Phase.STOPPING and s.abort is not None and not s.killed:
@@ -275,6 +325,12 @@ class Decider:
             # STOPPING -> STOPPING: no relaunch after all; the exit now ends in STOPPED (75)
             return replace(s, recycle=None, stop_reason=ev.reason), [
                 record, Say(f"{ev.reason} received while stopping attempt {s.attempt}: it will not be relaunched")]
+        if s.phase is Phase.RUNNING and ev.save_timeout_s is not None:
+            # RUNNING -> STOPPING (saving): the cooperative trainer saves at its epoch end and exits 75
+            return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, saving=True,
+                           deadline=now + ev.save_timeout_s), [
+                record, Say(f"{ev.reason} received: asking the trainer (attempt {s.attempt}) to save at the end of "
+                            f"its epoch and exit (up to {ev.save_timeout_s:.0f} s)"), RequestSave()]
         if s.phase is Phase.RUNNING:
             # RUNNING -> STOPPING
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, deadline=now + self.stop_grace_s), [
@@ -283,8 +339,8 @@ class Decider:
         if s.phase is Phase.STOPPING:
             if s.killed:
                 return s, []
-            # STOPPING -> STOPPING: a second request does not wait for the grace period
-            return replace(s, killed=True, deadline=None), [
+            # STOPPING -> STOPPING: a second request does not wait for the grace period (nor for a save)
+            return replace(s, killed=True, saving=False, deadline=None), [
                 Say(f"{ev.reason} received again: killing the trainer now"), Kill()]
         if s.phase in (Phase.BACKOFF, Phase.INIT):
             # BACKOFF -> STOPPED: nothing is running
@@ -327,8 +383,8 @@ class Decider:
                                  f"({self.policy.max_restarts}) is used up; giving up", [record])
         delay = self.policy.backoff(failures, self.rand())
         restart = s.restarts + 1
-        # RUNNING -> BACKOFF
-        return replace(s, phase=Phase.BACKOFF, deadline=now + delay), [
+        # RUNNING -> BACKOFF (for a full disk: then wait for space)
+        return replace(s, phase=Phase.BACKOFF, deadline=now + delay, waiting_disk=c.kind == "disk_full"), [
             Prepare(),
             record,
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
@@ -344,8 +400,10 @@ class Decider:
             last, record = self._exit_record(s, ev, s.abort.kind, False, s.abort.message)
             return self._give_up(replace(s, last_exit=last), s.abort.kind, s.abort.message, [record])
         kind = "finished" if finished else "stopped"
-        last, record = self._exit_record(s, ev, kind, False, f"stopped on request ({s.stop_reason})")
-        s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed), deadline=None)
+        saved = " after saving a checkpoint" if ev.returncode == EXIT_STOPPED else ""
+        last, record = self._exit_record(s, ev, kind, False, f"stopped on request ({s.stop_reason}){saved}")
+        s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed), deadline=None,
+                    saving=False)
         if finished:
             # STOPPING -> FINISHED: it completed before the stop took effect
             return replace(s, phase=Phase.FINISHED, exit_code=EXIT_FINISHED), [

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.command import build_env, train_executable
+from supervisor.command import build_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.lock import RunLock
@@ -80,9 +82,12 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
                                        f"(run nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration})")
     _check_fold(ctx, pre, report)
     try:
-        report.notes.append(f"trainer executable {train_executable()}")
+        report.notes.append(f"trainer command {' '.join(trainer_command(ctx))}")
     except LaunchError as exc:
         report.problems.append(str(exc))
+    if ctx.config.cooperative.enabled and importlib.util.find_spec("nnunetv2") is None:
+        report.problems.append(f"cooperative.enabled: the shim runs nnU-Net in this Python ({sys.executable}), "
+                               "where nnunetv2 is not installed; `pip install nnunetv2` into it, or disable it")
     for p in ctx.trainer_paths:
         if not p.is_dir():
             report.problems.append(f"nnunet.trainer_paths: {p} is not a folder")

@@ -122,6 +122,14 @@ class TrainerProcess:
         _killpg(self.pid, signal.SIGTERM)
         _killpg(self.pid, signal.SIGCONT)
 
+    def request_save(self) -> None:
+        """Cooperative mode: SIGUSR1 to the trainer's main process only (its workers must not see it)."""
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def kill(self) -> None:
         """SIGKILL the group and every marked process."""
         _killpg(self.pid, signal.SIGKILL)

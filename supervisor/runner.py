@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Union
@@ -25,8 +25,9 @@ from typing import Any, Union
 from supervisor.attempt import AttemptWatch
 from supervisor.checkpoint import resume_point
 from supervisor.ckptstore import CheckpointStore, atomic_copy
-from supervisor.command import build_argv, build_env, train_executable
+from supervisor.command import build_argv, build_env, trainer_command
 from supervisor.context import RunContext
+from supervisor.diskspace import free_bytes, human, needed_bytes
 from supervisor.errors import LaunchError
 from supervisor.events import EventLog
 from supervisor.gpu import GpuFault, GpuHealth, GpuMonitor, create_monitor, wait_memory_released
@@ -36,8 +37,11 @@ from supervisor.loop import (
     Abort,
     Action,
     Begin,
+    CheckDisk,
     ChildExited,
     Decider,
+    DiskChecked,
+    DumpStacks,
     Event,
     Exit,
     Kill,
@@ -49,6 +53,7 @@ from supervisor.loop import (
     Prepare,
     Record,
     Recycle,
+    RequestSave,
     Say,
     StopRequested,
     Terminate,
@@ -106,7 +111,8 @@ class Runner:
         self.tick_s = tick_s
         self.leftover_grace_s = leftover_grace_s
         cfg = ctx.config
-        self.decider = Decider(RestartPolicy.from_config(cfg.restart), cfg.process.stop_grace_s, rand)
+        self.decider = Decider(RestartPolicy.from_config(cfg.restart), cfg.process.stop_grace_s, rand,
+                               disk_check_s=cfg.restart.disk_check_s)
         self.events = EventLog(self.layout.events_file, wall)
         self.store = StateStore(self.layout.state_file)
         self.queue: queue.SimpleQueue[Union[Event, _ChildGone, _Wake, _GpuReport]] = queue.SimpleQueue()
@@ -124,6 +130,8 @@ class Runner:
         self._battery, self._power = battery, BatteryWatch(cfg.power.battery_stop_percent)
         self._power_checked: float | None = None
         self._verdict_sent = False
+        self._disk_said = False  # a disk_full event was recorded and space has not come back yet
+        self._wake_pending = threading.Event()
         self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
         hb = cfg.heartbeat
         self._stall_rules = StallRules(
@@ -143,7 +151,7 @@ class Runner:
         log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
         own = str(self.layout.supervisor_dir)
         # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
-        files = FileActivity([self.layout.fold_dir], lambda: self.queue.put(_Wake()),
+        files = FileActivity([self.layout.fold_dir], self._file_changed, min_interval_s=0.0,
                              ignore=lambda path: path.startswith(own) and not path.endswith(".log"))
         try:
             become_subreaper()
@@ -193,11 +201,42 @@ class Runner:
         if isinstance(item, _ChildGone):
             return self._child_exited(item)
         if isinstance(item, _Wake):
+            self._wake_pending.clear()  # before reading: a change from now on queues a fresh wake
             self._watch_progress()
             return Tick()
         if isinstance(item, _GpuReport):
             return self._gpu_report(item.report)
+        if isinstance(item, StopRequested) and self.ctx.config.cooperative.enabled and self.proc is not None:
+            return replace(item, save_timeout_s=self._save_timeout_s())
         return item
+
+    def _file_changed(self) -> None:
+        """From the watchdog thread: one wake in the queue at a time, never a change left unread (a dropped
+        wake would delay seeing an epoch line to the next tick, and so inflate the stall clock)."""
+        if not self._wake_pending.is_set():
+            self._wake_pending.set()
+            self.queue.put(_Wake())
+
+    def _save_timeout_s(self) -> float:
+        """How long a cooperative trainer may take to reach its epoch end and save: the rest of an epoch."""
+        configured = self.ctx.config.cooperative.stop_timeout_s
+        if configured != "auto":
+            return float(configured)
+        times = self._watch.stall.epoch_times if self._watch else self._epoch_times
+        return 2 * max(times) + 60 if times else 600.0
+
+    def _check_disk(self) -> DiskChecked:
+        free, needed = free_bytes(self.layout.fold_dir), needed_bytes(self.layout.fold_dir)
+        if free < needed and not self._disk_said:
+            self._disk_said = True
+            self.events.record("disk_full", free_bytes=free, needed_bytes=needed, path=str(self.layout.fold_dir))
+            log.warning("waiting for disk space before relaunching: %s free, %s needed in %s", human(free),
+                        human(needed), self.layout.fold_dir)
+        elif free >= needed and self._disk_said:
+            self._disk_said = False
+            self.events.record("disk_space", free_bytes=free, needed_bytes=needed)
+            log.info("disk space is back (%s free); relaunching", human(free))
+        return DiskChecked(free, needed)
 
     def _gpu_report(self, report: GpuFault | GpuHealth) -> Event:
         """A hardware-class fault ends the run (exit 1: relaunching on a broken GPU repeats the failure; under
@@ -297,13 +336,21 @@ class Runner:
             self.queue.put(Recycle(verdict.kind, verdict.message))
 
     def _stall_facts(self, watch: AttemptWatch) -> dict[str, Any]:
-        """Before the hung tree is killed: where it is stuck (py-spy) and in what state (T stopped, D in I/O)."""
+        """Cheap facts for the `stall` event: the tree's kernel states (T stopped, D in I/O) and where the
+        stack dump (DumpStacks, right after the event) will be."""
         pids = [p.pid for p in marked_processes(str(self.layout.fold_dir))]
-        dump = self.layout.supervisor_dir / f"stall-{self._attempt}.txt"
-        said = dump_stacks(pids, dump)
+        return {"phase": watch.stall.phase, "timeout_s": round(watch.stall.timeout_s(), 1),
+                "dump": str(self._stall_dump_path()),
+                "process_states": {str(pid): process_state(pid) for pid in pids}}
+
+    def _stall_dump_path(self) -> Path:
+        return self.layout.supervisor_dir / f"stall-{self._attempt}.txt"
+
+    def _dump_stacks(self) -> None:
+        pids = [p.pid for p in marked_processes(str(self.layout.fold_dir))]
+        said = dump_stacks(pids, self._stall_dump_path())
         log.warning("attempt %d stalled: %s", self._attempt, said)
-        return {"phase": watch.stall.phase, "timeout_s": round(watch.stall.timeout_s(), 1), "dump": str(dump),
-                "dump_note": said, "process_states": {str(pid): process_state(pid) for pid in pids}}
+        self.events.record("stack_dump", attempt=self._attempt, path=str(self._stall_dump_path()), note=said)
 
     def _check_resumed_where_expected(self) -> None:
         """Catch a --c that silently started over, or resumed below the checkpoint we verified."""
@@ -345,6 +392,13 @@ class Runner:
         if isinstance(action, Terminate):
             if self.proc is not None:
                 self.proc.terminate()
+        elif isinstance(action, DumpStacks):
+            self._dump_stacks()
+        elif isinstance(action, RequestSave):
+            if self.proc is not None:
+                self.proc.request_save()
+        elif isinstance(action, CheckDisk):
+            return self._check_disk()
         elif isinstance(action, Kill):
             if self.proc is not None:
                 self.proc.kill()
@@ -369,7 +423,7 @@ class Runner:
             # every relaunch uses --c (on an emptied folder nnU-Net then starts over, which the plan allowed)
             resume, pretrained = action.resume and plan.action != "warm_start", outcome
         try:
-            argv = build_argv(self.ctx, train_executable(), resume, pretrained)
+            argv = build_argv(self.ctx, trainer_command(self.ctx), resume, pretrained)
             env = build_env(self.ctx, action.attempt)
             with open(log_path, "a") as f:
                 f.write(f"# nnunet-supervise attempt {action.attempt}: {' '.join(argv)}\n")
@@ -380,7 +434,8 @@ class Runner:
         self.proc = proc
         hb = self.ctx.config.heartbeat
         self._watch = AttemptWatch(self.layout, action.attempt, logs_before, self._stall_rules, self.clock(),
-                                   self._epoch_times, hb.linger_grace_s, hb.nan_loss_epochs)
+                                   self._epoch_times, hb.linger_grace_s, hb.nan_loss_epochs,
+                                   self.layout.heartbeat_file if self.ctx.config.cooperative.enabled else None)
         threading.Thread(target=lambda: self.queue.put(_ChildGone(proc, proc.wait())),
                          name=f"wait-attempt-{action.attempt}", daemon=True).start()
         return Launched(proc.pid, tuple(argv), resume)

@@ -32,6 +32,7 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._written: str | None = None
 
     def load(self) -> dict[str, Any]:
         """The last saved state, or {} when there is none or it is unreadable."""
@@ -42,4 +43,8 @@ class StateStore:
         return data if isinstance(data, dict) else {}
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(state, indent=2, sort_keys=True) + "\n"
+        if text == self._written:
+            return  # the supervisor saves on every tick; unchanged state costs no write, fsync or inotify event
+        atomic_write_text(self.path, text)
+        self._written = text

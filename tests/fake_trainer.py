@@ -6,6 +6,7 @@ It writes nnU-Net-style training log lines into its working directory (the fold 
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,19 @@ if outcome == "linger":  # finished everything, then does not exit (nnU-Net issu
     (fold / "validation").mkdir(exist_ok=True)
     (fold / "validation" / "summary.json").write_text("{}")
     time.sleep(600)
+if outcome == "cooperate":  # the shim's contract: SIGUSR1 -> save at the epoch end, exit 75
+    def save_and_exit(signum: int, frame: object) -> None:
+        (fold / "checkpoint_latest.pth").write_bytes(b"saved on request")
+        print("nnunet-supervise: stop requested (SIGUSR1); exiting 75", flush=True)
+        sys.exit(75)
+
+    signal.signal(signal.SIGUSR1, save_and_exit)
+    print("cooperating", flush=True)
+    time.sleep(600)
+if outcome == "disk_full":
+    print("nnunet-supervise: disk full: saving checkpoint_latest.pth failed: [Errno 28] No space left on device",
+          flush=True)
+    sys.exit(74)
 if outcome == "hang":
     print("hanging", flush=True)
     time.sleep(600)

@@ -286,11 +286,13 @@ def test_several_gpus_need_cuda() -> None:
     assert parse_config(minimal(num_gpus=2, device="cuda")).nnunet.num_gpus == 2
 
 
-def test_cooperative_mode_cannot_be_enabled_yet() -> None:
-    line = only_problem(with_section("cooperative", enabled=True))
-    assert line == (
-        "cooperative.enabled: got True; allowed: false: cooperative mode is not available in this version yet"
-    )
+def test_cooperative_mode_is_single_process_only() -> None:
+    cfg = parse_config(with_section("cooperative", enabled=True, save_every_s=600, stop_timeout_s=300))
+    assert cfg.cooperative.enabled and cfg.cooperative.stop_timeout_s == 300
+    data = with_section("cooperative", enabled=True)
+    data["nnunet"].update(num_gpus=2, device="cuda")
+    line = only_problem(data)
+    assert "cooperative.enabled: true needs nnunet.num_gpus: 1 (got 2)" in line
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (120, 120.0), (0.5, 0.5)])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,27 @@ def test_dump_stacks_without_py_spy_says_so(tmp_path: Path, monkeypatch: pytest.
     assert note == "py-spy unavailable: no stack dump taken"
     assert "py-spy is not installed" in (tmp_path / "stall-1.txt").read_text()
     assert process_state(1) in "SRDTZI?"
+
+
+def test_cooperative_heartbeats_are_progress_and_scale_the_timeout_once_an_epoch_ended(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path / "res", "Dataset901_Tiny", "nnUNetTrainer", "nnUNetPlans", "3d_fullres", "0")
+    layout.supervisor_dir.mkdir(parents=True)
+    beat = layout.heartbeat_file
+    beat.write_text(json.dumps({"epoch": 0, "iteration": 9, "phase": "training", "max_gap_s": 1.0}))
+    watch = AttemptWatch(layout, 1, set(), AUTO, 0.0, [20.0], 60.0, 3, heartbeat=beat)
+
+    def pulse(epoch: int, iteration: int, gap: float) -> None:
+        beat.write_text(json.dumps({"epoch": epoch, "iteration": iteration, "phase": "training", "max_gap_s": gap}))
+        os.utime(beat, ns=(time.time_ns(), time.time_ns() + iteration))  # a new stamp even within a tick
+
+    assert watch.poll(1.0) is None and watch.stall.last_what == "launch"  # the last attempt's beat is not news
+    pulse(3, 1, 2.0)
+    watch.poll(5.0)
+    assert watch.stall.last_what == "heartbeat (epoch 3, iteration 1)" and watch.stall.last_progress == 5.0
+    assert watch.stall.timeout_s() == 60.0  # no epoch end in this attempt yet: 3 x the 20 s epoch
+    write_lines(layout.fold_dir / "training_log_new.txt", "Epoch 3", "Epoch time: 20.0 s", "Epoch 4")
+    pulse(4, 2, 4.0)  # the gap now includes an epoch end with its saves
+    watch.poll(30.0)
+    assert watch.stall.beat_gap_s == 4.0 and watch.stall.timeout_s() == 12.0  # max(floor 10, 3 x 4 s)
+    message = watch.stall.stalled(42.0)
+    assert message is not None and "gap between heartbeats" in message

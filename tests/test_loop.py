@@ -6,8 +6,10 @@ import pytest
 
 from supervisor.loop import (
     Begin,
+    CheckDisk,
     ChildExited,
     Decider,
+    DiskChecked,
     Exit,
     IllegalTransition,
     Kill,
@@ -18,6 +20,7 @@ from supervisor.loop import (
     Phase,
     Record,
     Recycle,
+    RequestSave,
     Say,
     StopRequested,
     Terminate,
@@ -245,6 +248,9 @@ def test_a_stall_stops_the_tree_and_relaunches_under_the_backoff() -> None:
     s, actions = d.step(s, Recycle("stall", "no progress for 40 s", {"dump": "stall-1.txt"}), 100.0)
     assert s.phase is Phase.STOPPING and Terminate(30) in actions
     assert records(actions, "stall") == [{"attempt": 1, "message": "no progress for 40 s", "dump": "stall-1.txt"}]
+    # recorded when seen, then the stacks are dumped, then the tree is stopped
+    kinds = [type(a).__name__ for a in actions]
+    assert kinds.index("Record") < kinds.index("DumpStacks") < kinds.index("Terminate")
     s, none = d.step(s, Tick(), 129.0)
     assert none == []
     s, actions = d.step(s, Tick(), 130.0)  # a SIGSTOPped tree ignores SIGTERM: the grace ends in SIGKILL
@@ -308,3 +314,67 @@ def test_a_reason_to_give_up_that_arrives_during_the_backoff_ends_the_run() -> N
     s, actions = d.step(s, Abort("gpu_fault", "GPU 0 fell off the bus"), 6.0)
     assert s.phase is Phase.FAILED and actions[-1] == Exit(1)
     assert records(actions, "give_up") == [{"reason": "gpu_fault", "message": "GPU 0 fell off the bus"}]
+
+
+# ---- cooperative stop and a full disk ----
+
+def test_a_cooperative_stop_asks_for_a_save_and_waits_for_exit_75() -> None:
+    d = decider()
+    s = started(d, epoch=3)
+    s, actions = d.step(s, StopRequested("SIGUSR1", save_timeout_s=200), 10.0)
+    assert s.phase is Phase.STOPPING and s.saving and RequestSave() in actions
+    assert not any(isinstance(a, (Terminate, Kill)) for a in actions)  # no SIGTERM while it saves
+    assert records(actions, "stop_requested") == [{"reason": "SIGUSR1", "signal": "SIGUSR1"}]
+    s, none = d.step(s, Tick(), 209.0)
+    assert none == []
+    s, actions = d.step(s, ChildExited(75, "", False, 5), 100.0)
+    assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)
+    assert "after saving a checkpoint" in records(actions, "exit")[0]["summary"]  # type: ignore[operator]
+
+
+def test_a_trainer_that_does_not_save_in_time_gets_sigterm_then_sigkill() -> None:
+    d = decider()
+    s = started(d)
+    s, _ = d.step(s, StopRequested("SIGTERM", save_timeout_s=200), 0.0)
+    s, actions = d.step(s, Tick(), 200.0)
+    assert Terminate(30) in actions and not s.saving
+    s, actions = d.step(s, Tick(), 230.0)
+    assert actions[-1] == Kill()
+    s, actions = d.step(s, ChildExited(-9, "", False, 0), 231.0)
+    assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)
+
+
+def test_a_second_request_while_saving_kills_at_once() -> None:
+    d = decider()
+    s = started(d)
+    s, _ = d.step(s, StopRequested("SIGINT", save_timeout_s=200), 0.0)
+    s, actions = d.step(s, StopRequested("SIGINT", save_timeout_s=200), 1.0)
+    assert actions[-1] == Kill() and not s.saving
+
+
+def test_a_full_disk_waits_for_space_before_relaunching() -> None:
+    d = decider(backoff_initial_s=10)
+    s = started(d, epoch=2)
+    tail = "nnunet-supervise: disk full: saving checkpoint_latest.pth failed: [Errno 28] No space left on device"
+    s, actions = d.step(s, ChildExited(74, tail, False, 3), 50.0)
+    assert records(actions, "exit")[0]["classification"] == "disk_full"
+    assert s.phase is Phase.BACKOFF and s.waiting_disk
+    s, actions = d.step(s, Tick(), 60.0)
+    assert actions == [CheckDisk()]
+    s, actions = d.step(s, DiskChecked(free_bytes=10, needed_bytes=100), 60.0)
+    assert actions == [] and s.phase is Phase.BACKOFF and s.deadline == 90.0  # looks again in 30 s
+    for now in (70.0, 80.0):
+        s, actions = d.step(s, Tick(), now)
+        assert actions == []  # no relaunch, no budget used while the disk is full
+    s, actions = d.step(s, Tick(), 90.0)
+    assert actions == [CheckDisk()]
+    s, actions = d.step(s, DiskChecked(free_bytes=500, needed_bytes=100), 90.0)
+    assert actions == [Launch(2, True)] and not s.waiting_disk and s.restarts == 1
+
+
+def test_a_stop_while_waiting_for_disk_exits_resumable() -> None:
+    d = decider()
+    s = started(d)
+    s, _ = d.step(s, ChildExited(74, "nnunet-supervise: disk full", False, 0), 0.0)
+    s, actions = d.step(s, StopRequested("SIGTERM"), 1.0)
+    assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)

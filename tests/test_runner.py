@@ -28,7 +28,8 @@ FAKE = Path(__file__).with_name("fake_trainer.py")
 
 
 def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
-             power: dict[str, Any] | None = None, **restart: float) -> RunContext:
+             power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
+             **restart: float) -> RunContext:
     (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
     cfg = {
         "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
@@ -38,6 +39,7 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
         "process": {"stop_grace_s": 2},
         "heartbeat": heartbeat or {},
         "power": power or {},
+        "cooperative": cooperative or {},
     }
     (tmp_path / "run.yaml").write_text(json.dumps(cfg))
     return RunContext.load(tmp_path / "run.yaml")
@@ -45,7 +47,8 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
 
 def fake_spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> TrainerProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    return TrainerProcess.spawn([sys.executable, str(FAKE), *argv[1:]], env, log, cwd)
+    shim = argv[1:3] == ["-m", "supervisor.launch"]  # cooperative mode: the fake stands in for the shim too
+    return TrainerProcess.spawn([sys.executable, str(FAKE), *argv[3 if shim else 1:]], env, log, cwd)
 
 
 def runner(ctx: RunContext) -> Runner:
@@ -207,12 +210,14 @@ def test_a_hung_trainer_is_dumped_killed_and_relaunched(tmp_path: Path) -> None:
                    heartbeat={"stall_timeout_s": 1.0})
     assert runner(ctx).run() == 0
     evs = events(ctx)
-    assert [e["event"] for e in evs] == ["launch", "stall", "exit", "backoff", "launch", "exit", "finished"]
-    stall = evs[1]
+    assert [e["event"] for e in evs] == ["launch", "stall", "stack_dump", "exit", "backoff", "launch", "exit",
+                                         "finished"]
+    stall, dump = evs[1], evs[2]
     assert stall["phase"] == "training" and stall["timeout_s"] == 1.0 and "no progress for" in stall["message"]
+    assert stall["dump"] == dump["path"] and "stack dump of 1/1" in dump["note"]
     assert "fake_trainer.py" in Path(stall["dump"]).read_text()  # py-spy saw where it hangs
-    assert evs[2]["classification"] == "stall" and evs[2]["retryable"] is True
-    assert evs[4]["resume"] is True
+    assert evs[3]["classification"] == "stall" and evs[3]["retryable"] is True
+    assert evs[5]["resume"] is True
 
 
 def test_a_trainer_that_finished_but_lingers_is_stopped_and_the_run_ends_finished(tmp_path: Path) -> None:
@@ -262,3 +267,35 @@ def test_a_hardware_class_gpu_fault_stops_the_trainer_and_gives_up(tmp_path: Pat
     give_up = events(ctx)[-1]
     assert give_up["reason"] == "gpu_fault" and "fallen off the bus" in give_up["message"]
     assert names(ctx).count("launch") == 1 and marked_processes(str(ctx.layout.fold_dir)) == []
+
+
+def test_cooperative_stop_asks_the_trainer_to_save_and_exits_75(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 2], "outcome": "cooperate"}], cooperative={"enabled": True})
+    r = runner(ctx)
+
+    def stop_once_it_runs() -> None:
+        log = ctx.layout.attempt_log(1)
+        wait_until(lambda: log.exists() and "cooperating" in log.read_text(), 30)
+        r.queue.put(StopRequested("SIGUSR1"))
+
+    threading.Thread(target=stop_once_it_runs, daemon=True).start()
+    assert r.run() == 75
+    evs = events(ctx)
+    assert [e["event"] for e in evs] == ["launch", "stop_requested", "exit"]
+    assert evs[0]["argv"][1:3] == ["-m", "supervisor.launch"]
+    assert "after saving a checkpoint" in evs[2]["summary"]
+    assert ctx.layout.checkpoint("checkpoint_latest.pth").read_bytes() == b"saved on request"
+
+
+def test_a_full_disk_waits_for_space_then_relaunches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = iter([0, 0, 10**15])
+    monkeypatch.setattr("supervisor.runner.free_bytes", lambda folder: next(free))
+    ctx = make_ctx(tmp_path, [{"epochs": [0, 2], "outcome": "disk_full"}, {"epochs": [2, 4], "outcome": "finish"}],
+                   cooperative={"enabled": True})
+    r = Runner(ctx, spawn=fake_spawn, tick_s=0.05, leftover_grace_s=1.0)
+    r.decider.disk_check_s = 0.05
+    assert r.run() == 0
+    evs = events(ctx)
+    assert [e["event"] for e in evs] == ["launch", "exit", "backoff", "disk_full", "disk_space", "launch", "exit",
+                                         "finished"]
+    assert evs[1]["classification"] == "disk_full" and evs[3]["free_bytes"] == 0

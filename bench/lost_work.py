@@ -1,0 +1,143 @@
+"""Work lost to a SIGKILL, plain vs cooperative mode, on the same custom trainer, side by side in one run.
+
+    .venv/bin/python bench/lost_work.py [WORKDIR] [ROUNDS]
+
+The trainer (tests/trainers/nnUNetTrainer_Sparse.py) keeps nnU-Net's save_every = 50. Each round trains it
+under the supervisor, SIGKILLs the trainer at a random moment after a random number of epochs, and counts
+the epochs the relaunch redoes (epochs completed before the kill minus the epoch it resumed at). Plain mode
+can still resume from checkpoint_best.pth (the supervisor stages it); cooperative mode saves every epoch.
+Then two fault-free runs per mode time training from the first epoch to "Training done." (saves included):
+the overhead of saving every epoch, as a ratio to plain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from supervisor.demo.dataset import DATASET_NAME, make_dataset
+
+SPARSE = Path(__file__).resolve().parents[1] / "tests" / "trainers"
+TRAINER = "nnUNetTrainer_Sparse"
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*)$", re.M)
+
+
+def configure(root: Path, raw: Path, pre: Path, name: str, cooperative: bool) -> tuple[Path, Path]:
+    results = root / f"results_{name}"
+    shutil.rmtree(results, ignore_errors=True)
+    config = root / f"{name}.yaml"
+    config.write_text(json.dumps({
+        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": TRAINER, "device": "cpu",
+                   "trainer_paths": [str(SPARSE)], "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
+        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)},
+        "restart": {"backoff_initial_s": 1, "backoff_max_s": 1},
+        "cooperative": {"enabled": cooperative, "save_every_epochs": 1},
+        # a kill that leaves nothing resumable then costs every epoch, rather than ending the round
+        "checkpoint": {"allow_fresh_start": True},
+    }))
+    return config, results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+
+
+def logs(fold: Path) -> list[str]:
+    return [p.read_text() for p in sorted(fold.glob("training_log_*.txt"))]
+
+
+def completed(log: str) -> int:
+    return log.count("Epoch time: ")
+
+
+def started_epochs(log: str) -> list[int]:
+    return [int(m) for m in re.findall(r": Epoch (\d+) ?$", log, re.M)]
+
+
+def wait(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop_all(sup: subprocess.Popen[bytes], fold: Path) -> None:
+    if sup.poll() is None:
+        sup.send_signal(signal.SIGTERM)
+        try:
+            sup.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("NNUNET_SUPERVISE_RUN") == str(fold):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+def kill_round(root: Path, raw: Path, pre: Path, name: str, cooperative: bool) -> int:
+    config, fold = configure(root, raw, pre, name, cooperative)
+    sup = subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        target = random.randint(2, 5)
+        wait(lambda: bool(logs(fold)) and completed(logs(fold)[0]) >= target, 300, f"epoch {target}")
+        time.sleep(random.uniform(0.0, 3.0))
+        state = json.loads((fold / "supervisor" / "state.json").read_text())
+        os.kill(state["pid"], signal.SIGKILL)
+        done = completed(logs(fold)[0])
+        wait(lambda: len(logs(fold)) >= 2 and bool(started_epochs(logs(fold)[1])), 300, "the resumed attempt")
+        return done - started_epochs(logs(fold)[1])[0]
+    finally:
+        stop_all(sup, fold)
+
+
+def training_seconds(root: Path, raw: Path, pre: Path, name: str, cooperative: bool) -> float:
+    config, fold = configure(root, raw, pre, name, cooperative)
+    r = subprocess.run([sys.executable, "-m", "supervisor", "run", str(config)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=600)
+    assert r.returncode == 0, f"{name}: exit {r.returncode}"
+    stamps = {text.strip(): datetime.fromisoformat(ts) for ts, text in STAMP.findall(logs(fold)[0])
+              if text.strip() in ("Epoch 0", "Training done.")}
+    return (stamps["Training done."] - stamps["Epoch 0"]).total_seconds()
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/nnunet-supervise-bench").resolve()
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    raw, pre, _ = make_dataset(root)
+    redone: dict[str, list[int]] = {"plain": [], "cooperative": []}
+    for n in range(rounds):  # interleaved, so drift on a noisy machine hits both modes alike
+        for mode in ("plain", "cooperative"):
+            redone[mode].append(kill_round(root, raw, pre, f"lost_{mode}_{n}", mode == "cooperative"))
+    seconds: dict[str, list[float]] = {"plain": [], "cooperative": []}
+    for n in range(2):
+        for mode in ("plain", "cooperative"):
+            seconds[mode].append(training_seconds(root, raw, pre, f"time_{mode}_{n}", mode == "cooperative"))
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; trainer {TRAINER} (save_every 50, "
+          f"8 epochs of 5 iterations, CPU); {rounds} SIGKILLs per mode at random moments")
+    for mode in ("plain", "cooperative"):
+        print(f"{mode:>12}: epochs redone per SIGKILL {redone[mode]} (mean {statistics.mean(redone[mode]):.2f}, "
+              f"max {max(redone[mode])})")
+    p, c = statistics.mean(redone["plain"]), statistics.mean(redone["cooperative"])
+    print(f"cooperative max redone {max(redone['cooperative'])} (target <= 1: "
+          f"{'met' if max(redone['cooperative']) <= 1 else 'NOT met'}); plain / cooperative mean redone = "
+          f"{p / c:.1f}x" if c else f"cooperative redid nothing; plain mean {p:.2f}")
+    ratio = statistics.mean(seconds["cooperative"]) / statistics.mean(seconds["plain"])
+    print(f"training time, first epoch to 'Training done.' (s): plain {seconds['plain']}, cooperative "
+          f"{seconds['cooperative']}; cooperative / plain = {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Free space for the next attempt, after one ran out of disk: how much it needs and how much there is."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+MARGIN_BYTES = 256 * 2**20  # logs, progress.png, validation outputs
+
+
+def needed_bytes(fold_dir: Path) -> int:
+    """An atomic save holds the old and the new checkpoint at once: room for one more of the largest, plus a
+    margin (the old one is already on disk)."""
+    sizes = [p.stat().st_size for p in fold_dir.glob("checkpoint_*.pth") if p.is_file()]
+    return max(sizes, default=0) + MARGIN_BYTES
+
+
+def free_bytes(fold_dir: Path) -> int:
+    """Free space for an unprivileged writer on the file system holding the fold folder."""
+    folder = fold_dir
+    while not folder.exists():  # not created yet: measure where it will be
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -1,0 +1,202 @@
+"""Cooperative mode on real nnUNetv2_train (CPU), with a custom trainer that keeps nnU-Net's save_every = 50.
+
+A SIGKILL redoes at most one epoch; SIGUSR1 to the supervisor saves, exits 75 and the next start redoes
+nothing; a save killed at random instants never leaves an unreadable checkpoint_latest.pth; the resumed
+learning rate is the uninterrupted schedule's.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.checkpoint import read_meta, verify_structure
+from supervisor.context import RunContext
+from supervisor.process import marked_processes
+from tests.conftest import events_of, reach_epoch, supervise, wait_for
+
+pytestmark = pytest.mark.integration
+
+SPARSE = Path(__file__).resolve().parents[1] / "trainers"
+NUM_EPOCHS = 8  # nnUNetTrainer_Sparse
+EPOCH_RE = re.compile(r": Epoch (\d+) ?$", re.M)
+LR_RE = re.compile(r": Epoch (\d+) ?\n.*Current learning rate: ([0-9.e-]+)")
+DONE_RE = re.compile(r"Epoch time: ")
+
+
+@pytest.fixture
+def sparse_config(write_config: Any) -> Any:
+    def write(**sections: Any) -> Path:
+        return write_config(nnunet={"trainer": "nnUNetTrainer_Sparse", "trainer_paths": [str(SPARSE)]},
+                            cooperative={"enabled": True, "save_every_epochs": 1}, **sections)
+    return write
+
+
+def training_logs(ctx: RunContext) -> list[str]:
+    return [p.read_text() for p in sorted(ctx.layout.fold_dir.glob("training_log_*.txt"))]
+
+
+def epochs_completed(log: str) -> int:
+    return len(DONE_RE.findall(log))
+
+
+def first_epoch(log: str) -> int:
+    return int(EPOCH_RE.findall(log)[0])
+
+
+def poly_lr(epoch: int, initial: float = 1e-2, exponent: float = 0.9) -> float:
+    """nnU-Net's PolyLRScheduler, as the uninterrupted schedule would set it at the start of `epoch`."""
+    return round(initial * (1 - epoch / NUM_EPOCHS) ** exponent, 5)
+
+
+def assert_lr_follows_the_schedule(logs: list[str]) -> None:
+    for log in logs:
+        for epoch, lr in LR_RE.findall(log):
+            assert float(lr) == pytest.approx(poly_lr(int(epoch)), abs=1e-5), f"epoch {epoch}: lr {lr}"
+
+
+def assert_nothing_of_the_run_left(ctx: RunContext) -> None:
+    assert marked_processes(str(ctx.layout.fold_dir)) == []
+
+
+def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse_config: Any) -> None:
+    config = sparse_config()
+    ctx = RunContext.load(config)
+    sup = supervise(config)
+    try:
+        pid = reach_epoch(ctx, 3)
+        time.sleep(random.uniform(0.0, 2.5))  # a moment we do not choose: mid-iteration, mid-save, ...
+        os.kill(pid, signal.SIGKILL)
+        killed_after = epochs_completed(training_logs(ctx)[0])
+        assert sup.wait(timeout=300) == 0
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    logs = training_logs(ctx)
+    assert len(logs) == 2
+    resumed_at = first_epoch(logs[1])
+    assert killed_after - resumed_at <= 1, f"{killed_after} epochs done, resumed at {resumed_at}"
+    assert killed_after >= 3  # nnU-Net itself (save_every 50) would have had nothing to resume from
+    assert_lr_follows_the_schedule(logs)
+    exits = [e for e in events_of(ctx) if e["event"] == "exit"]
+    assert exits[0]["classification"] == "killed_by_signal" and exits[-1]["classification"] == "finished"
+    assert (ctx.layout.fold_dir / "checkpoint_final.pth").exists()
+    assert_nothing_of_the_run_left(ctx)
+
+
+def test_sigusr1_saves_exits_75_and_the_next_start_redoes_nothing(sparse_config: Any) -> None:
+    config = sparse_config()
+    ctx = RunContext.load(config)
+    sup = supervise(config)
+    try:
+        reach_epoch(ctx, 2)
+        time.sleep(random.uniform(0.0, 2.5))
+        sup.send_signal(signal.SIGUSR1)  # what SLURM's --signal=B:USR1@... delivers to the batch shell
+        assert sup.wait(timeout=120) == 75
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert_nothing_of_the_run_left(ctx)
+    done = epochs_completed(training_logs(ctx)[0])
+    saved = read_meta(ctx.layout.fold_dir / "checkpoint_latest.pth").current_epoch
+    assert saved == done, f"{done} epochs completed but checkpoint_latest.pth holds {saved}"
+    log = ctx.layout.attempt_log(1).read_text()
+    assert "nnunet-supervise: stop requested (SIGUSR1)" in log
+    stop = [e for e in events_of(ctx) if e["event"] == "exit"][-1]
+    assert stop["classification"] == "stopped" and "after saving a checkpoint" in stop["summary"]
+
+    assert subprocess.run([sys.executable, "-m", "supervisor", "run", str(config)], timeout=300,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    logs = training_logs(ctx)
+    assert first_epoch(logs[1]) == done  # nothing redone
+    assert_lr_follows_the_schedule(logs)
+    assert_nothing_of_the_run_left(ctx)
+
+
+KILLED_SAVER = r"""
+import os, sys, torch
+from pathlib import Path
+from supervisor.cooperative import atomic_save
+target = Path(sys.argv[1])
+state = {"network_weights": {f"w{i}": torch.randn(256, 1024) for i in range(24)}, "current_epoch": 0}
+print("ready", flush=True)
+epoch = 0
+while True:  # saves back to back until killed: every kill lands in some phase of a save
+    epoch += 1
+    state["current_epoch"] = epoch
+    atomic_save(lambda tmp: torch.save(state, tmp), target)
+"""
+
+
+def test_a_save_killed_at_random_instants_never_leaves_an_unreadable_latest(tmp_path: Path) -> None:
+    import torch
+
+    target = tmp_path / "checkpoint_latest.pth"
+    epochs = []
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(target)], stdout=subprocess.PIPE,
+                                cwd=Path(__file__).resolve().parents[2])
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        wait_for(target.exists, 60, "the first save")
+        time.sleep(random.uniform(0.2, 2.0))
+        proc.kill()
+        proc.wait()
+        verdict = verify_structure(target)
+        assert verdict.ok, verdict.problems
+        epochs.append(torch.load(target, weights_only=True)["current_epoch"])
+    assert all(e >= 1 for e in epochs)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 600 MB tmpfs (root only): a real file system that really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_checkpoint_and_waits_for_space(sparse_config: Any, small_disk: Path) -> None:
+    import shutil
+
+    config = sparse_config(paths={"nnUNet_results": str(small_disk / "results")},
+                           restart={"backoff_initial_s": 1, "backoff_max_s": 5, "disk_check_s": 1})
+    ctx = RunContext.load(config)
+    sup = supervise(config)
+    ballast = small_disk / "ballast"
+    try:
+        reach_epoch(ctx, 2)
+        free = shutil.disk_usage(small_disk).free
+        with open(ballast, "wb") as f:  # leave 20 MB: the log goes on, the next 44 MB checkpoint cannot
+            os.posix_fallocate(f.fileno(), 0, free - 20 * 2**20)
+        wait_for(lambda: any(e["event"] == "disk_full" for e in events_of(ctx)), 120, "the disk_full event")
+        latest = ctx.layout.fold_dir / "checkpoint_latest.pth"
+        assert verify_structure(latest).ok  # the failed save left the previous one whole
+        held = read_meta(latest).current_epoch
+        time.sleep(5)  # waiting, not looping: no new attempt while the disk is full
+        assert [e["event"] for e in events_of(ctx)].count("launch") == 1
+        assert not list(ctx.layout.fold_dir.glob(".checkpoint_*"))  # no half-written temporary left
+        ballast.unlink()
+        assert sup.wait(timeout=300) == 0
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    evs = events_of(ctx)
+    exits = [e for e in evs if e["event"] == "exit"]
+    assert exits[0]["classification"] == "disk_full" and exits[0]["returncode"] == 74
+    assert "disk_space" in [e["event"] for e in evs]
+    logs = training_logs(ctx)
+    assert first_epoch(logs[1]) == held
+    assert_nothing_of_the_run_left(ctx)
