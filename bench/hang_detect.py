@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hang_detect.py [WORKDIR] [ROUNDS]
 
-The demo trainer trains the tiny dataset under the supervisor with the automatic stall timeout (2.5 x the
+The demo trainer trains the tiny dataset under the supervisor with the automatic stall timeout (2 x the
 longest recent epoch; the floor lowered to 1 s, since its epochs take seconds where a GPU run's take minutes).
 Epochs 2-7 measure the daemon's own CPU time (target: <= 1 % of a core while training). Then the trainer's
 main process gets SIGSTOP at a random moment inside an epoch; we time SIGSTOP -> the `stall` event and set it

@@ -3,12 +3,15 @@ except our own snapshots beyond the configured count."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
 from supervisor.layout import RunLayout
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -87,7 +90,11 @@ class CheckpointStore:
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         dst = self.snapshot_dir / f"checkpoint_latest.epoch{epoch:06d}.pth"
         if not dst.exists():
-            atomic_copy(latest, dst)
+            try:
+                atomic_copy(latest, dst)
+            except OSError as exc:  # a full disk: the snapshot is a spare, the run goes on without it
+                log.warning("no snapshot of %s (%s)", latest.name, exc)
+                return None
         # Our own copies: keep the newest `keep` by age (not by the epoch in the name: a warm start's leftovers may
         # carry higher epochs), and never the one just made.
         others = sorted((p for p in self.snapshots() if p != dst), key=lambda p: p.stat().st_mtime)

@@ -79,6 +79,14 @@ def last_error_line(log_tail: str) -> str:
     return ""
 
 
+def _shim_line(log_tail: str, what: str) -> str:
+    """The cooperative shim's own line about `what`, without its prefix."""
+    for line in reversed(log_tail.splitlines()):
+        if line.startswith(f"nnunet-supervise: {what}"):
+            return line.removeprefix("nnunet-supervise: ").strip()
+    return what
+
+
 def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classification:
     """Classify an exit from its return code, whether the fold is finished, and the end of its log."""
     if returncode == 0 and finished:
@@ -87,6 +95,9 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
         name = _signal_name(-returncode)
         hint = " (SIGKILL from outside is often the kernel's OOM killer)" if name == "SIGKILL" else ""
         return Classification("killed_by_signal", True, f"killed by {name}{hint}")
+    if returncode == 74 and "nnunet-supervise: disk full" in log_tail:
+        # before the rules: the dataloader threads dying on the way out print "workers are no longer alive"
+        return Classification("disk_full", True, _shim_line(log_tail, "disk full"))
     if returncode == 75 and "nnunet-supervise:" in log_tail:
         return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "
                               "sent to it (not by this supervisor)")

@@ -9,10 +9,10 @@ MARGIN_BYTES = 256 * 2**20  # logs, progress.png, validation outputs
 
 
 def needed_bytes(fold_dir: Path) -> int:
-    """An atomic save holds the old and the new checkpoint at once: room for one more of the largest, plus a
-    margin (the old one is already on disk)."""
+    """Room for two more of the largest checkpoint (the verified snapshot taken before the relaunch, and the
+    temporary an atomic save writes beside the old file) plus a margin."""
     sizes = [p.stat().st_size for p in fold_dir.glob("checkpoint_*.pth") if p.is_file()]
-    return max(sizes, default=0) + MARGIN_BYTES
+    return 2 * max(sizes, default=0) + MARGIN_BYTES
 
 
 def free_bytes(fold_dir: Path) -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -33,6 +36,7 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._written: str | None = None
+        self._failing: str | None = None
 
     def load(self) -> dict[str, Any]:
         """The last saved state, or {} when there is none or it is unreadable."""
@@ -46,5 +50,11 @@ class StateStore:
         text = json.dumps(state, indent=2, sort_keys=True) + "\n"
         if text == self._written:
             return  # the supervisor saves on every tick; unchanged state costs no write, fsync or inotify event
-        atomic_write_text(self.path, text)
-        self._written = text
+        try:
+            atomic_write_text(self.path, text)
+        except OSError as exc:  # a full disk must not kill the supervisor: the old state.json stays, retried later
+            if self._failing is None:
+                log.warning("could not write %s (%s); the previous one stays until it can be", self.path, exc)
+            self._failing = str(exc)
+            return
+        self._written, self._failing = text, None

@@ -265,3 +265,17 @@ def test_last_error_line(tail: str, line: str) -> None:
 
 def test_last_error_line_is_capped() -> None:
     assert len(last_error_line("RuntimeError: " + "x" * 1000)) == 300
+
+
+def test_the_cooperative_shims_disk_full_exit_wins_over_the_dying_workers_it_leaves_behind() -> None:
+    tail = ("nnunet-supervise: disk full: saving checkpoint_best.pth failed: [enforce fail at inline_container.cc:672]"
+            " . unexpected pos 20754688 vs 20754576; the previous checkpoint_best.pth is intact. Exiting 74\n"
+            "Exception in thread Thread-1 (results_loop):\nTraceback (most recent call last):\n"
+            "RuntimeError: One or more background workers are no longer alive. Exiting.\n")
+    c = classify_exit(74, tail, finished=False)
+    assert c.kind == "disk_full" and c.retryable and "saving checkpoint_best.pth failed" in c.summary
+
+
+def test_a_cooperative_trainer_stopped_from_outside_is_retryable() -> None:
+    c = classify_exit(75, "nnunet-supervise: SIGTERM during startup: nothing to save; exiting 75\n", finished=False)
+    assert c.kind == "saved_and_exited" and c.retryable

@@ -303,3 +303,34 @@ def test_event_recorded_after_a_torn_line_is_kept(tmp_path: Path) -> None:
     log.record("launch", attempt=2)
 
     assert [e["event"] for e in read_events(path)] == ["launch", "launch"]
+
+
+def full_disk(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_events_a_full_disk_refuses_are_kept_and_written_later_in_order(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    events = EventLog(tmp_path / "events.jsonl", wall=lambda: 1.0)
+    events.record("launch", attempt=1)
+    real = EventLog._append
+    monkeypatch.setattr(EventLog, "_append", full_disk)
+    events.record("exit", attempt=1)  # does not raise: the supervisor goes on
+    events.record("disk_full", free_bytes=0)
+    assert [e["event"] for e in read_events(tmp_path / "events.jsonl")] == ["launch"]
+    monkeypatch.setattr(EventLog, "_append", real)
+    events.record("disk_space", free_bytes=10)
+    assert [e["event"] for e in read_events(tmp_path / "events.jsonl")] == ["launch", "exit", "disk_full",
+                                                                           "disk_space"]
+
+
+def test_state_a_full_disk_refuses_keeps_the_old_file_and_is_retried(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore(tmp_path / "state.json")
+    store.save({"epoch": 1})
+    monkeypatch.setattr("supervisor.state.atomic_write_text", full_disk)
+    store.save({"epoch": 2})
+    assert store.load() == {"epoch": 1}
+    monkeypatch.undo()
+    store.save({"epoch": 2})
+    assert store.load() == {"epoch": 2}
