@@ -21,7 +21,7 @@ from supervisor.context import RunContext
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.events import read_events
 from supervisor.lock import RunLock
-from supervisor.loop import EXIT_USAGE
+from supervisor.loop import EXIT_CRASHED, EXIT_GAVE_UP, EXIT_USAGE
 from supervisor.state import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,7 +67,8 @@ def main() -> None:
 def run(config: Path, verbose: bool) -> None:
     """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75).
 
-    Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request.
+    Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request,
+    70 the supervisor itself crashed (a bug: the trainer's tree is stopped; a restart resumes).
     """
     from supervisor.preflight import Report, cheap_checks
     from supervisor.runner import Runner
@@ -83,7 +84,45 @@ def run(config: Path, verbose: bool) -> None:
         code = Runner(ctx).run()
     except SupervisorError as exc:
         _fail(exc)
+    except Exception:  # a bug of ours must not read as "gave up" (1), which systemd is told not to restart
+        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", EXIT_CRASHED)
+        sys.exit(EXIT_CRASHED)
     sys.exit(code)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--user", "user_unit", is_flag=True, help="A systemd --user unit (no root needed).")
+@click.option("--install", is_flag=True, help="Write it to the unit folder and reload systemd.")
+@click.option("--run-as", default=None, help="System units: the user to train as (default: the current one).")
+def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) -> None:
+    """Print (or --install) a systemd unit for CONFIG: Type=notify, watchdog, resumable stop, hardening."""
+    import getpass
+    import subprocess
+
+    from supervisor.unitfile import enable_hint, render, spec_for, unit_name
+
+    ctx = _load(config)
+    who = run_as or getpass.getuser()
+    text = render(spec_for(ctx, sys.executable, None if who == "root" else who, user_unit))
+    name = unit_name(ctx.config_path)
+    if not install:
+        click.echo(text, nl=False)
+        return
+    folder = Path.home() / ".config/systemd/user" if user_unit else Path("/etc/systemd/system")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    except OSError as exc:
+        click.echo(f"nnunet-supervise: cannot write {folder / name}: {exc}", err=True)
+        sys.exit(EXIT_GAVE_UP)
+    click.echo(f"wrote {folder / name}")
+    reload = ["systemctl", *(["--user"] if user_unit else []), "daemon-reload"]
+    try:
+        subprocess.run(reload, check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        click.echo(f"could not run {' '.join(reload)} ({exc}); run it yourself", err=True)
+    click.echo(f"start it with: {enable_hint(name, user_unit)}")
 
 
 @main.command()

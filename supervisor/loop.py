@@ -32,6 +32,7 @@ EXIT_FINISHED = 0
 EXIT_GAVE_UP = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+EXIT_CRASHED = 70  # EX_SOFTWARE: the supervisor itself failed (a bug); systemd restarts it, unlike 1
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request, resumable
 
 

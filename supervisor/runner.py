@@ -63,6 +63,8 @@ from supervisor.policy import RestartPolicy
 from supervisor.power import BatteryReading, BatteryWatch, read_battery
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
 from supervisor.resume import ResumePlan, plan_resume, warm_start_blockers
+from supervisor.sdnotify import Notifier
+from supervisor.service import checkpoint_age_s, num_epochs, status_line
 from supervisor.state import StateStore
 from supervisor.traininglog import read_tail
 from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
@@ -102,8 +104,10 @@ class Runner:
     def __init__(self, ctx: RunContext, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
                  spawn: Spawner = TrainerProcess.spawn, tick_s: float = 2.0, leftover_grace_s: float = 10.0,
-                 battery: Callable[[], BatteryReading | None] = read_battery) -> None:
+                 battery: Callable[[], BatteryReading | None] = read_battery,
+                 notifier: Notifier | None = None) -> None:
         self.ctx = ctx
+        self.notifier = notifier or Notifier()  # systemd Type=notify; a no-op elsewhere
         self.layout = ctx.layout
         self.clock = clock
         self.wall = wall
@@ -132,6 +136,7 @@ class Runner:
         self._verdict_sent = False
         self._disk_said = False  # a disk_full event was recorded and space has not come back yet
         self._wake_pending = threading.Event()
+        self._num_epochs: int | None = None
         self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
         hb = cfg.heartbeat
         self._stall_rules = StallRules(
@@ -164,7 +169,10 @@ class Runner:
             files.start()
             self._start_gpu_monitor()
             with self._signals():
-                return self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
+                self.notifier.ready(f"supervising {self.ctx.config_path}")
+                code = self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
+                self.notifier.stopping(f"{self._last_state.phase.value}: exit {code}")
+                return code
         finally:
             files.stop()
             if self.gpu is not None:
@@ -179,6 +187,7 @@ class Runner:
                 pending.append(self._next_event(state))
             state, actions = self.decider.step(state, pending.popleft(), self.clock())
             self._persist(state)
+            self.notifier.watchdog(self.clock())  # from the loop itself: a hung loop stops pinging
             for action in actions:
                 if isinstance(action, Exit):
                     return action.code
@@ -188,6 +197,8 @@ class Runner:
 
     def _next_event(self, state: LoopState) -> Event:
         timeout = self.tick_s
+        if self.notifier.watchdog_s is not None:
+            timeout = min(timeout, self.notifier.watchdog_s / 4)  # pings due at half the interval stay on time
         if state.deadline is not None:
             timeout = max(0.0, min(timeout, state.deadline - self.clock()))
         if self._watch is not None and not self._verdict_sent:
@@ -607,8 +618,16 @@ class Runner:
             "fold_dir": str(self.layout.fold_dir),
             "config": str(self.ctx.config_path),
             "started_ts": self._started_ts,
-            "updated_ts": self.wall(),
+            "num_epochs": self._total_epochs(),
         })
+        self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(),
+                                         checkpoint_age_s(self.layout.fold_dir, self.wall())))
+
+    def _total_epochs(self) -> int | None:
+        """The trainer's num_epochs, once it wrote debug.json (read once per run: it does not change)."""
+        if self._num_epochs is None and self.proc is not None:
+            self._num_epochs = num_epochs(self.layout.fold_dir)
+        return self._num_epochs
 
 
 def incompatibility_report(v: Verdict, limit: int = 20) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,13 @@ class StateStore:
         return data if isinstance(data, dict) else {}
 
     def save(self, state: dict[str, Any]) -> None:
+        """Write state plus `updated_ts`, unless nothing but the time changed since the last write."""
         text = json.dumps(state, indent=2, sort_keys=True) + "\n"
         if text == self._written:
             return  # the supervisor saves on every tick; unchanged state costs no write, fsync or inotify event
+        body = json.dumps({**state, "updated_ts": time.time()}, indent=2, sort_keys=True) + "\n"
         try:
-            atomic_write_text(self.path, text)
+            atomic_write_text(self.path, body)
         except OSError as exc:  # a full disk must not kill the supervisor: the old state.json stays, retried later
             if self._failing is None:
                 log.warning("could not write %s (%s); the previous one stays until it can be", self.path, exc)

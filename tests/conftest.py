@@ -62,11 +62,13 @@ def good(tmp_path: Path) -> Path:
     return save(tmp_path / "checkpoint_latest.pth", nnunet_checkpoint())
 
 
-def supervise(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m supervisor run CONFIG` as a real daemon process."""
+def supervise(config: Path, *args: str, log: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `python -m supervisor run CONFIG` as a real daemon process (extra environment in env)."""
     out = open(log or config.with_suffix(".supervisor.log"), "ab")
     return subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config), *args],
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
 
 
 def state_of(ctx: Any) -> dict[str, Any]:

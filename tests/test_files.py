@@ -226,10 +226,10 @@ def test_state_round_trip(tmp_path: Path) -> None:
 
     store.save(state)
 
-    assert store.load() == state
+    loaded = store.load()
+    assert loaded.pop("updated_ts") > 0 and loaded == state
     text = (tmp_path / "state.json").read_text()
     assert text.endswith("}\n")
-    assert json.loads(text) == state
 
 
 @pytest.mark.parametrize("content", [None, "", "{\"phase\": \"runn", "garbage", "[1, 2, 3]", "null", "42"])
@@ -330,7 +330,17 @@ def test_state_a_full_disk_refuses_keeps_the_old_file_and_is_retried(tmp_path: P
     store.save({"epoch": 1})
     monkeypatch.setattr("supervisor.state.atomic_write_text", full_disk)
     store.save({"epoch": 2})
-    assert store.load() == {"epoch": 1}
+    assert store.load()["epoch"] == 1
     monkeypatch.undo()
     store.save({"epoch": 2})
-    assert store.load() == {"epoch": 2}
+    assert store.load()["epoch"] == 2
+
+
+def test_state_is_not_rewritten_when_only_the_time_changed(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    store.save({"epoch": 1})
+    first = (tmp_path / "state.json").stat().st_mtime_ns, store.load()["updated_ts"]
+    store.save({"epoch": 1})
+    assert ((tmp_path / "state.json").stat().st_mtime_ns, store.load()["updated_ts"]) == first
+    store.save({"epoch": 2})
+    assert store.load()["epoch"] == 2

@@ -11,8 +11,10 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -93,10 +95,33 @@ def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse
     assert_nothing_of_the_run_left(ctx)
 
 
-def test_sigusr1_saves_exits_75_and_the_next_start_redoes_nothing(sparse_config: Any) -> None:
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET; collects what arrives."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.path = path
+        self.messages: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except OSError:
+                return
+
+    def lines(self) -> list[str]:
+        return [line for m in self.messages for line in m.splitlines()]
+
+
+def test_sigusr1_saves_exits_75_and_the_next_start_redoes_nothing(sparse_config: Any, tmp_path: Path) -> None:
     config = sparse_config()
     ctx = RunContext.load(config)
-    sup = supervise(config)
+    notify = NotifySocket(tmp_path / "notify.sock")  # this run also shows the daemon speaking systemd's protocol
+    sup = supervise(config, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
     try:
         reach_epoch(ctx, 2)
         time.sleep(random.uniform(0.0, 2.5))
@@ -113,6 +138,11 @@ def test_sigusr1_saves_exits_75_and_the_next_start_redoes_nothing(sparse_config:
     assert "nnunet-supervise: stop requested (SIGUSR1)" in log
     stop = [e for e in events_of(ctx) if e["event"] == "exit"][-1]
     assert stop["classification"] == "stopped" and "after saving a checkpoint" in stop["summary"]
+    said = notify.lines()
+    assert said[0] == "READY=1" and f"MAINPID={sup.pid}" in said
+    assert any(re.fullmatch(r"STATUS=running: attempt 1, epoch \d+/8, last checkpoint \d+ s ago", x) for x in said)
+    assert said.count("WATCHDOG=1") >= 10  # every second (half of 2 s) for the minute it ran
+    assert said[-2:] == ["STOPPING=1", "STATUS=stopped: exit 75"]
 
     assert subprocess.run([sys.executable, "-m", "supervisor", "run", str(config)], timeout=300,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
