@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/system-deps.sh
 .venv/bin/ruff check supervisor tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -47,9 +47,9 @@ def _fail(exc: SupervisorError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _load(config: Path) -> RunContext:
+def _load(config: Path, fold: str | None = None) -> RunContext:
     try:
-        return RunContext.load(config)
+        return RunContext.load(config, fold)
     except SupervisorError as exc:
         _fail(exc)
         raise  # unreachable; keeps type checkers content
@@ -64,7 +64,8 @@ def main() -> None:
 @main.command()
 @CONFIG_ARG
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def run(config: Path, verbose: bool) -> None:
+@click.option("--fold", default=None, help="Override nnunet.fold (a SLURM job array passes its task id).")
+def run(config: Path, verbose: bool, fold: str | None) -> None:
     """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75).
 
     Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request,
@@ -75,7 +76,7 @@ def run(config: Path, verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    ctx = _load(config)
+    ctx = _load(config, fold)
     report = Report()
     cheap_checks(ctx, report)
     if not report.ok:
@@ -88,6 +89,45 @@ def run(config: Path, verbose: bool) -> None:
         logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", EXIT_CRASHED)
         sys.exit(EXIT_CRASHED)
     sys.exit(code)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--submit", is_flag=True, help="Write the script beside the run and sbatch it.")
+@click.option("--time", "time_limit", default=None, help="#SBATCH --time, e.g. 2-00:00:00.")
+@click.option("--partition", default=None, help="#SBATCH --partition.")
+@click.option("--gres", default=None, help="#SBATCH --gres, e.g. gpu:1.")
+@click.option("--cpus", type=int, default=None, help="#SBATCH --cpus-per-task.")
+@click.option("--folds", default=None, help="A job array over folds, e.g. 0-4: one fold per task.")
+def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | None, gres: str | None,
+          cpus: int | None, folds: str | None) -> None:
+    """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint."""
+    import subprocess
+
+    from supervisor import slurm as sl
+
+    ctx = _load(config)
+    if folds is not None and not all(part.strip().isdigit() for chunk in folds.split(",")
+                                     for part in chunk.split("-", 1)):
+        click.echo(f"nnunet-supervise: --folds: got {folds!r}; allowed: fold numbers like 0-4 or 0,2,3", err=True)
+        sys.exit(EXIT_USAGE)
+    spec = sl.spec_for(ctx, sys.executable, time=time_limit, partition=partition, gres=gres, folds=folds, cpus=cpus)
+    text = sl.render(spec)
+    if not submit:
+        click.echo(text, nl=False)
+        return
+    spec.log_dir.mkdir(parents=True, exist_ok=True)
+    script = spec.log_dir / f"{spec.job_name}.sbatch"
+    script.write_text(text)
+    try:
+        r = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        click.echo(f"nnunet-supervise: sbatch failed: {exc}", err=True)
+        sys.exit(EXIT_GAVE_UP)
+    if r.returncode != 0:
+        click.echo(f"nnunet-supervise: sbatch failed: {r.stderr.strip()}", err=True)
+        sys.exit(EXIT_GAVE_UP)
+    click.echo(f"submitted job {r.stdout.strip()} ({script}); logs in {spec.log_dir}")
 
 
 @main.command()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.config import Config, ResolvedPaths, load_config, resolve_paths, trainer_paths
+from supervisor.errors import ConfigError
 from supervisor.layout import RunLayout, resolve_dataset_name
 
 
@@ -21,10 +22,13 @@ class RunContext:
     trainer_paths: list[Path]
 
     @classmethod
-    def load(cls, config_path: Path) -> RunContext:
-        """Load and resolve; raises ConfigError naming what is wrong."""
+    def load(cls, config_path: Path, fold: int | str | None = None) -> RunContext:
+        """Load and resolve; raises ConfigError naming what is wrong. `fold` overrides nnunet.fold (a SLURM
+        job array runs one config for several folds)."""
         config_path = config_path.resolve()
         cfg = load_config(config_path)
+        if fold is not None:
+            cfg = cfg.model_copy(update={"nnunet": cfg.nnunet.model_copy(update={"fold": parse_fold(fold)})})
         base = config_path.parent
         paths = resolve_paths(cfg, base)
         roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
@@ -32,3 +36,13 @@ class RunContext:
         nn = cfg.nnunet
         layout = RunLayout(paths.results, name, nn.trainer, nn.plans, nn.configuration, nn.fold)
         return cls(config_path, cfg, paths, name, layout, trainer_paths(cfg, base))
+
+
+def parse_fold(value: int | str) -> int | str:
+    """A fold as nnU-Net takes it: 0, 1, ... or "all"."""
+    text = str(value).strip()
+    if text == "all":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError([f'--fold: got {value!r}; allowed: a fold number 0, 1, 2, ... or "all"'], "command line")

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Union
 
+from supervisor import slurm
 from supervisor.attempt import AttemptWatch
 from supervisor.checkpoint import resume_point
 from supervisor.ckptstore import CheckpointStore, atomic_copy
@@ -137,6 +138,7 @@ class Runner:
         self._disk_said = False  # a disk_full event was recorded and space has not come back yet
         self._wake_pending = threading.Event()
         self._num_epochs: int | None = None
+        self._slurm_job: str | None = None
         self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
         hb = cfg.heartbeat
         self._stall_rules = StallRules(
@@ -170,8 +172,9 @@ class Runner:
             self._start_gpu_monitor()
             with self._signals():
                 self.notifier.ready(f"supervising {self.ctx.config_path}")
-                code = self._loop(LoopState(attempt=int(previous.get("attempt", 0))))
+                code = self._loop(self._initial_state(previous))
                 self.notifier.stopping(f"{self._last_state.phase.value}: exit {code}")
+                self._maybe_requeue(code)
                 return code
         finally:
             files.stop()
@@ -179,6 +182,29 @@ class Runner:
                 self.gpu.stop()
             self._ensure_stopped()
             lock.release()
+
+    def _initial_state(self, previous: dict[str, Any]) -> LoopState:
+        """Attempts always continue; inside a SLURM job the restarts do too, across its requeues."""
+        state = LoopState(attempt=int(previous.get("attempt", 0)))
+        facts = slurm.job_facts(os.environ)
+        if facts:
+            self._slurm_job = facts["slurm_job_id"]
+            self.events.record("slurm", **facts)
+            log.info("inside SLURM job %s (restart count %s)", self._slurm_job, facts.get("slurm_restart_count", "0"))
+            if previous.get("slurm_job_id") == self._slurm_job:
+                state = replace(state, restarts=int(previous.get("restarts", 0)))
+        return state
+
+    def _maybe_requeue(self, code: int) -> None:
+        """Preempted inside a SLURM job: ask SLURM to run the job again (it resumes from the checkpoint)."""
+        if not slurm.should_requeue(self._last_state.stop_reason, code, os.environ):
+            return
+        ok, said = slurm.requeue(os.environ)
+        self.events.record("requeue", job=self._slurm_job, ok=ok, output=said)
+        if ok:
+            log.info("requeued SLURM job %s: the next incarnation resumes from the checkpoint", self._slurm_job)
+        else:
+            log.error("scontrol requeue %s failed: %s", self._slurm_job, said)
 
     def _loop(self, state: LoopState) -> int:
         pending: deque[Event] = deque([self._begin()])
@@ -619,6 +645,7 @@ class Runner:
             "config": str(self.ctx.config_path),
             "started_ts": self._started_ts,
             "num_epochs": self._total_epochs(),
+            "slurm_job_id": self._slurm_job,
         })
         self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(),
                                          checkpoint_age_s(self.layout.fold_dir, self.wall())))

@@ -1,0 +1,104 @@
+"""SLURM: the sbatch script for a run (a pure function), and what the supervisor does inside a job.
+
+The batch shell `exec`s the supervisor, so `#SBATCH --signal=B:<SIG>@<lead>` reaches it before the time limit
+(or on `scancel -s <SIG> --batch`). It then stops resumably (a cooperative save if enabled), asks SLURM to
+requeue the job (`scontrol requeue`) and exits; the next incarnation resumes from the checkpoint, with the
+attempt counter carried in state.json. Any other ending (finished, gave up, a plain SIGTERM from scancel or the
+time limit) does not requeue.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.context import RunContext
+
+PREEMPT_SIGNAL = "USR1"  # what --signal sends, and what counts as "preempted: requeue me"
+LEAD_S = 300  # seconds before the time limit: room to finish an epoch and save
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_name: str
+    python: str
+    config: Path
+    log_dir: Path
+    environment: dict[str, str]
+    time: str | None = None
+    partition: str | None = None
+    gres: str | None = None
+    folds: str | None = None  # "0-4": a job array, one fold per task
+    cpus: int | None = None
+    signal: str = PREEMPT_SIGNAL
+    lead_s: int = LEAD_S
+
+
+def render(spec: JobSpec) -> str:
+    log_name = "slurm-%x-%A_%a.out" if spec.folds else "slurm-%x-%j.out"
+    lines = [
+        "#!/bin/bash",
+        "# Rendered by `nnunet-supervise slurm`; submit with sbatch (or `nnunet-supervise slurm ... --submit`).",
+        f"#SBATCH --job-name={spec.job_name}",
+        "#SBATCH --requeue",
+        f"#SBATCH --signal=B:{spec.signal}@{spec.lead_s}",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={spec.log_dir / log_name}",
+        "#SBATCH --ntasks=1",
+    ]
+    for flag, value in (("time", spec.time), ("partition", spec.partition), ("gres", spec.gres),
+                        ("cpus-per-task", spec.cpus), ("array", spec.folds)):
+        if value is not None:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines += [
+        "set -euo pipefail",
+        *(f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.environment.items())),
+        'echo "nnunet-supervise: job ${SLURM_JOB_ID} on $(hostname), restart count ${SLURM_RESTART_COUNT:-0}"',
+        # exec: the supervisor *is* the batch shell, so B:<signal> reaches it
+        f"exec {shlex.quote(spec.python)} -m supervisor run {shlex.quote(str(spec.config))}"
+        + (' --fold "${SLURM_ARRAY_TASK_ID}"' if spec.folds else ""),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def spec_for(ctx: RunContext, python: str, *, time: str | None = None, partition: str | None = None,
+             gres: str | None = None, folds: str | None = None, cpus: int | None = None) -> JobSpec:
+    nn = ctx.config.nnunet
+    env = {"nnUNet_preprocessed": str(ctx.paths.preprocessed), "nnUNet_results": str(ctx.paths.results)}
+    if ctx.paths.raw is not None:
+        env["nnUNet_raw"] = str(ctx.paths.raw)
+    name = f"nnunet-{ctx.dataset_name}-{nn.configuration}" + ("" if folds else f"-f{nn.fold}")
+    return JobSpec(job_name=name, python=python, config=ctx.config_path, log_dir=ctx.layout.fold_dir.parent,
+                   environment=env, time=time, partition=partition, gres=gres, folds=folds, cpus=cpus)
+
+
+# ---- inside a job ----
+
+def job_id(env: Mapping[str, str]) -> str | None:
+    """The id `scontrol requeue` takes: the array task's own id (SLURM_JOB_ID is per task too)."""
+    return env.get("SLURM_JOB_ID") or None
+
+
+def job_facts(env: Mapping[str, str]) -> dict[str, str]:
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NAME",
+            "SLURMD_NODENAME")
+    return {k.lower(): env[k] for k in keys if env.get(k)}
+
+
+def should_requeue(stop_reason: str | None, exit_code: int, env: Mapping[str, str],
+                   signal_name: str = PREEMPT_SIGNAL) -> bool:
+    """Only a resumable stop caused by the preemption signal requeues; a give-up or a finish never does."""
+    return job_id(env) is not None and exit_code == 75 and stop_reason == f"SIG{signal_name}"
+
+
+def requeue(env: Mapping[str, str], timeout_s: float = 60) -> tuple[bool, str]:
+    jid = job_id(env)
+    try:
+        r = subprocess.run(["scontrol", "requeue", str(jid)], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
