@@ -134,7 +134,7 @@ def main() -> None:
         for mode in ("plain", "cooperative"):
             seconds[mode].append(training_seconds(root, raw, pre, f"time_{mode}_{n}", mode == "cooperative"))
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; trainers keep save_every 50, "
-          f"8 epochs of 5 iterations, CPU; {rounds} SIGKILLs per trainer and mode at random moments")
+          f"6-8 epochs of 5 iterations, CPU; {rounds} SIGKILLs per trainer and mode at random moments")
     for trainer in trainers:
         for mode in modes:
             r = redone[trainer, mode]

@@ -11,7 +11,7 @@ class nnUNetTrainer_Sparse(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's own signature
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 8
+        self.num_epochs = 6
         self.num_iterations_per_epoch = 5
         self.num_val_iterations_per_epoch = 2
         assert self.save_every == 50  # nnU-Net's default, deliberately kept
