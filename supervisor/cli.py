@@ -19,10 +19,8 @@ import click
 from supervisor import __version__
 from supervisor.context import RunContext
 from supervisor.errors import ConfigError, SupervisorError
-from supervisor.events import read_events
 from supervisor.lock import RunLock
 from supervisor.loop import EXIT_CRASHED, EXIT_GAVE_UP, EXIT_USAGE
-from supervisor.state import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
@@ -99,8 +97,10 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
 @click.option("--gres", default=None, help="#SBATCH --gres, e.g. gpu:1.")
 @click.option("--cpus", type=int, default=None, help="#SBATCH --cpus-per-task.")
 @click.option("--folds", default=None, help="A job array over folds, e.g. 0-4: one fold per task.")
+@click.option("--lead", "lead_s", type=click.IntRange(min=30), default=300, show_default=True,
+              help="Seconds before the time limit that SIGUSR1 arrives: room to finish an epoch and save.")
 def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | None, gres: str | None,
-          cpus: int | None, folds: str | None) -> None:
+          cpus: int | None, folds: str | None, lead_s: int) -> None:
     """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint."""
     import subprocess
 
@@ -111,7 +111,8 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
                                      for part in chunk.split("-", 1)):
         click.echo(f"nnunet-supervise: --folds: got {folds!r}; allowed: fold numbers like 0-4 or 0,2,3", err=True)
         sys.exit(EXIT_USAGE)
-    spec = sl.spec_for(ctx, sys.executable, time=time_limit, partition=partition, gres=gres, folds=folds, cpus=cpus)
+    spec = sl.spec_for(ctx, sys.executable, time=time_limit, partition=partition, gres=gres, folds=folds, cpus=cpus,
+                       lead_s=lead_s)
     text = sl.render(spec)
     if not submit:
         click.echo(text, nl=False)
@@ -253,34 +254,28 @@ def stop(config: Path, wait_s: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""
+    from supervisor.status import gather
+
     ctx = _load(config)
     layout = ctx.layout
-    state = StateStore(layout.state_file).load()
-    lock = RunLock(layout.lock_file)
-    live = lock.is_held_elsewhere()
-    events = list(read_events(layout.events_file))
-    info = {
-        "state": state.get("state", "never run"),
-        "supervisor_alive": live,
-        "attempt": state.get("attempt", 0),
-        "restarts": state.get("restarts", 0),
-        "epoch": state.get("epoch"),
-        "best_epoch": state.get("best_epoch"),
-        "pid": state.get("pid") if live else None,
-        "last_exit": state.get("last_exit"),
-        "finished": layout.is_finished(),
-        "checkpoints": [p.name for p in layout.existing_checkpoints()],
-        "run_dir": str(layout.supervisor_dir),
-        "last_event": events[-1] if events else None,
-    }
+    live = RunLock(layout.lock_file).is_held_elsewhere()
+    info = gather(layout, live)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
     click.echo(f"run        {layout.fold_dir}")
     click.echo(f"state      {info['state']}{' (supervisor running)' if live else ''}")
     click.echo(f"attempt    {info['attempt']} (restarts {info['restarts']})")
-    click.echo(f"epoch      {info['epoch']} (furthest {info['best_epoch']})")
-    click.echo(f"checkpoints {', '.join(info['checkpoints']) or 'none'}")
+    total = f"/{info['num_epochs']}" if info["num_epochs"] else ""
+    eta = f", about {info['eta_s'] / 60:.0f} min to go" if info["eta_s"] is not None else ""
+    click.echo(f"epoch      {info['epoch']}{total} (furthest {info['best_epoch']}){eta}")
+    age = info["last_checkpoint_age_s"]
+    click.echo(f"checkpoints {', '.join(info['checkpoints']) or 'none'}"
+               + (f" (newest: epoch {info['last_checkpoint_epoch']}, {age:.0f} s ago)" if age is not None else ""))
+    if info["last_failure"]:
+        lf = info["last_failure"]
+        click.echo(f"last failure {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lf['ts']))} attempt "
+                   f"{lf['attempt']}: {lf['classification']}")
     if info["last_exit"]:
         le = info["last_exit"]
         click.echo(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")

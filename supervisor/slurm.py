@@ -66,14 +66,16 @@ def render(spec: JobSpec) -> str:
 
 
 def spec_for(ctx: RunContext, python: str, *, time: str | None = None, partition: str | None = None,
-             gres: str | None = None, folds: str | None = None, cpus: int | None = None) -> JobSpec:
+             gres: str | None = None, folds: str | None = None, cpus: int | None = None,
+             lead_s: int = LEAD_S) -> JobSpec:
     nn = ctx.config.nnunet
     env = {"nnUNet_preprocessed": str(ctx.paths.preprocessed), "nnUNet_results": str(ctx.paths.results)}
     if ctx.paths.raw is not None:
         env["nnUNet_raw"] = str(ctx.paths.raw)
     name = f"nnunet-{ctx.dataset_name}-{nn.configuration}" + ("" if folds else f"-f{nn.fold}")
     return JobSpec(job_name=name, python=python, config=ctx.config_path, log_dir=ctx.layout.fold_dir.parent,
-                   environment=env, time=time, partition=partition, gres=gres, folds=folds, cpus=cpus)
+                   environment=env, time=time, partition=partition, gres=gres, folds=folds, cpus=cpus,
+                   lead_s=lead_s)
 
 
 # ---- inside a job ----

@@ -110,3 +110,29 @@ def test_stop_with_nothing_running_says_so_and_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["stop", str(write(tmp_path, GOOD))])
     assert result.exit_code == 1
     assert "no supervisor is running" in result.output
+
+
+def test_status_json_has_totals_checkpoint_age_eta_and_the_last_failure(tmp_path: Path) -> None:
+    import time as _time
+
+    from supervisor.context import RunContext
+    from supervisor.status import gather
+    from tests.ckpt_fixtures import nnunet_checkpoint, save
+
+    config = write(tmp_path, GOOD)
+    layout = RunContext.load(config).layout
+    layout.supervisor_dir.mkdir(parents=True)
+    (layout.fold_dir / "debug.json").write_text(json.dumps({"num_epochs": "1000"}))  # as nnU-Net writes it
+    save(layout.fold_dir / "checkpoint_latest.pth", nnunet_checkpoint(current_epoch=40))
+    StateStore(layout.state_file).save({"state": "running", "attempt": 3, "restarts": 2, "epoch": 42,
+                                        "epoch_times": [100.0, 120.0, 110.0], "pid": 4242})
+    events = EventLog(layout.events_file, wall=lambda: 500.0)
+    events.record("exit", attempt=1, classification="cuda_oom", retryable=True, summary="CUDA out of memory")
+    events.record("exit", attempt=2, classification="stopped", retryable=False, summary="stopped on request")
+    info = gather(layout, live=True, now=_time.time() + 30)
+    assert info["num_epochs"] == 1000 and info["epoch"] == 42 and info["pid"] == 4242
+    assert info["last_checkpoint_epoch"] == 40 and 29 <= info["last_checkpoint_age_s"] <= 60
+    assert info["eta_s"] == (1000 - 42) * 110.0  # remaining epochs x the median epoch
+    assert info["last_failure"] == {"ts": 500.0, "attempt": 1, "classification": "cuda_oom", "retryable": True,
+                                    "summary": "CUDA out of memory"}  # a stop on request is not a failure
+    assert gather(layout, live=False)["eta_s"] is None and gather(layout, live=False)["pid"] is None

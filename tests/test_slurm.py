@@ -51,11 +51,11 @@ def test_only_a_preemption_stop_inside_a_job_requeues(reason: str, code: int, en
 
 def test_the_cli_prints_both_renderings(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, [])
-    for args in (["slurm", "--folds", "0-4"], ["systemd"]):
+    for args in (["slurm", "--folds", "0-4", "--lead", "900"], ["systemd"]):
         r = subprocess.run([sys.executable, "-m", "supervisor", args[0], str(ctx.config_path), *args[1:]],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert ("#SBATCH --array=0-4" if args[0] == "slurm" else "Type=notify") in r.stdout
+        assert ("#SBATCH --signal=B:USR1@900" if args[0] == "slurm" else "Type=notify") in r.stdout
     bad = subprocess.run([sys.executable, "-m", "supervisor", "slurm", str(ctx.config_path), "--folds", "a-b"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--folds: got 'a-b'" in bad.stderr

@@ -7,6 +7,7 @@ learning rate is the uninterrupted schedule's.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -76,6 +77,10 @@ def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse
     sup = supervise(config)
     try:
         pid = reach_epoch(ctx, 3)
+        status = json.loads(subprocess.run([sys.executable, "-m", "supervisor", "status", str(config), "--json"],
+                                           capture_output=True, text=True, timeout=60).stdout)
+        assert status["supervisor_alive"] and status["pid"] == pid and status["num_epochs"] == NUM_EPOCHS
+        assert status["last_checkpoint_epoch"] >= 2 and status["eta_s"] is not None  # read during the run
         time.sleep(random.uniform(0.0, 2.5))  # a moment we do not choose: mid-iteration, mid-save, ...
         os.kill(pid, signal.SIGKILL)
         killed_after = epochs_completed(training_logs(ctx)[0])
