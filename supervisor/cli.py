@@ -90,6 +90,17 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
 
 
 @main.command()
+def schema() -> None:
+    """Print the JSON schema of run.yaml (for editors: yaml-language-server, VS Code)."""
+    from supervisor.config import Config
+
+    doc = Config.model_json_schema()
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "nnunet-supervise run.yaml"
+    click.echo(json.dumps(doc, indent=2))
+
+
+@main.command()
 @CONFIG_ARG
 @click.option("--submit", is_flag=True, help="Write the script beside the run and sbatch it.")
 @click.option("--time", "time_limit", default=None, help="#SBATCH --time, e.g. 2-00:00:00.")

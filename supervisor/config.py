@@ -176,6 +176,14 @@ class PowerSection(_Section):
     check_every_s: float = Field(30.0, gt=0)  # extension: how often the battery is read
 
 
+class MetricsSection(_Section):
+    """Prometheus metrics: served on a port and/or written in node_exporter's textfile format."""
+
+    port: Union[int, None] = Field(None, ge=1, le=65535)
+    host: str = "127.0.0.1"  # only this machine, unless set explicitly (e.g. 0.0.0.0)
+    textfile: Union[str, None] = None  # e.g. /var/lib/node_exporter/textfile_collector/nnunet.prom
+
+
 class Config(_Section):
     """A whole run.yaml."""
 
@@ -187,6 +195,7 @@ class Config(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     cooperative: CooperativeSection = CooperativeSection()
     power: PowerSection = PowerSection()
+    metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _cooperative_single_process(self) -> Config:

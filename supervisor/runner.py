@@ -60,6 +60,7 @@ from supervisor.loop import (
     Terminate,
     Tick,
 )
+from supervisor.metrics import Metrics
 from supervisor.policy import RestartPolicy
 from supervisor.power import BatteryReading, BatteryWatch, read_battery
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
@@ -139,6 +140,12 @@ class Runner:
         self._wake_pending = threading.Event()
         self._num_epochs: int | None = None
         self._slurm_job: str | None = None
+        self.metrics: Metrics | None = None
+        m = cfg.metrics
+        if m.port is not None or m.textfile is not None:
+            self.metrics = Metrics(str(self.layout.fold_dir), m.port, m.host,
+                                   None if m.textfile is None else Path(m.textfile), clock)
+            self.events.listeners.append(self.metrics.count)
         self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
         hb = cfg.heartbeat
         self._stall_rules = StallRules(
@@ -177,6 +184,8 @@ class Runner:
                 self._maybe_requeue(code)
                 return code
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             files.stop()
             if self.gpu is not None:
                 self.gpu.stop()
@@ -647,8 +656,10 @@ class Runner:
             "num_epochs": self._total_epochs(),
             "slurm_job_id": self._slurm_job,
         })
-        self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(),
-                                         checkpoint_age_s(self.layout.fold_dir, self.wall())))
+        age = checkpoint_age_s(self.layout.fold_dir, self.wall())
+        self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(), age))
+        if self.metrics is not None:
+            self.metrics.update(s.phase.value, s.attempt, s.restarts, self._epoch_now, self._total_epochs(), age)
 
     def _total_epochs(self) -> int | None:
         """The trainer's num_epochs, once it wrote debug.json (read once per run: it does not change)."""

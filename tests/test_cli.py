@@ -136,3 +136,24 @@ def test_status_json_has_totals_checkpoint_age_eta_and_the_last_failure(tmp_path
     assert info["last_failure"] == {"ts": 500.0, "attempt": 1, "classification": "cuda_oom", "retryable": True,
                                     "summary": "CUDA out of memory"}  # a stop on request is not a failure
     assert gather(layout, live=False)["eta_s"] is None and gather(layout, live=False)["pid"] is None
+
+
+def test_schema_describes_every_section_strictly() -> None:
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert doc["required"] == ["nnunet"]
+    assert set(doc["properties"]) == {"nnunet", "paths", "restart", "process", "heartbeat", "checkpoint",
+                                      "cooperative", "power", "metrics"}
+    assert all(d.get("additionalProperties") is False for d in doc["$defs"].values() if "properties" in d)
+
+
+def test_every_example_config_is_valid() -> None:
+    import yaml
+
+    from supervisor.config import parse_config
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert [p.name for p in examples] == ["slurm.yaml", "systemd.yaml", "workstation.yaml"]
+    for path in examples:
+        parse_config(yaml.safe_load(path.read_text()), str(path))  # raises ConfigError naming the problem

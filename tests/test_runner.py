@@ -29,7 +29,7 @@ FAKE = Path(__file__).with_name("fake_trainer.py")
 
 def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
              power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
-             **restart: float) -> RunContext:
+             metrics: dict[str, Any] | None = None, **restart: float) -> RunContext:
     (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
     cfg = {
         "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
@@ -40,6 +40,7 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
         "heartbeat": heartbeat or {},
         "power": power or {},
         "cooperative": cooperative or {},
+        "metrics": metrics or {},
     }
     (tmp_path / "run.yaml").write_text(json.dumps(cfg))
     return RunContext.load(tmp_path / "run.yaml")
