@@ -90,6 +90,34 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
 
 
 @main.command()
+@CONFIG_ARG
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the timeline picture (PNG) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def report(config: Path, output: Path | None, as_json: bool) -> None:
+    """Goodput, epochs redone, restarts and failures of a run; -o draws the timeline (epoch over wall time)."""
+    from supervisor.report import plot, summary, timeline
+
+    ctx = _load(config)
+    t = timeline(ctx.layout)
+    numbers = summary(t)
+    if output is not None:
+        plot(t, output)
+        numbers["picture"] = str(output)
+    if as_json:
+        click.echo(json.dumps(numbers, indent=2))
+        return
+    click.echo(f"wall {numbers['wall_s'] / 60:.1f} min, goodput {numbers['goodput']:.1%} "
+               f"({numbers['kept_training_s'] / 60:.1f} min of kept epochs), {numbers['epochs_kept']} epochs kept, "
+               f"{numbers['epochs_redone']} redone, {numbers['restarts']} restarts")
+    for f in numbers["failures"]:
+        click.echo(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f['ts']))} attempt {f['attempt']}: "
+                   f"{f['classification']}")
+    if output is not None:
+        click.echo(f"timeline: {output}")
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON schema of run.yaml (for editors: yaml-language-server, VS Code)."""
     from supervisor.config import Config

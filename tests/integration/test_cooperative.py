@@ -98,6 +98,12 @@ def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse
     assert exits[0]["classification"] == "killed_by_signal" and exits[-1]["classification"] == "finished"
     assert (ctx.layout.fold_dir / "checkpoint_final.pth").exists()
     assert_nothing_of_the_run_left(ctx)
+    picture = ctx.layout.supervisor_dir / "timeline.png"
+    report = json.loads(subprocess.run([sys.executable, "-m", "supervisor", "report", str(config), "-o", str(picture),
+                                        "--json"], capture_output=True, text=True, timeout=120).stdout)
+    assert report["epochs_kept"] == NUM_EPOCHS and report["epochs_redone"] == killed_after - resumed_at
+    assert report["restarts"] == 1 and 0 < report["goodput"] < 1 and picture.stat().st_size > 10_000
+    assert [f["classification"] for f in report["failures"]] == ["killed_by_signal"]
 
 
 class NotifySocket:
