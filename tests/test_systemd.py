@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -146,3 +147,16 @@ def test_the_hardening_scores_ok_in_systemd_analyze_security(tmp_path: Path) -> 
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout)
     assert score is not None, r.stdout + r.stderr
     assert float(score.group(1)) <= 4.0  # "OK"; an unhardened unit scores 9.6
+
+
+def test_install_writes_a_user_unit_and_says_how_to_start_it(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, [])
+    home = tmp_path / "home"
+    env = {**os.environ, "HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "supervisor", "systemd", str(ctx.config_path), "--user", "--install"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    unit = home / ".config/systemd/user/nnunet-supervise-run.service"
+    assert "Type=notify" in unit.read_text() and "WantedBy=default.target" in unit.read_text()
+    assert "User=" not in unit.read_text()  # a user unit runs as its user
+    assert "systemctl --user daemon-reload && systemctl --user enable --now nnunet-supervise-run.service" in r.stdout
