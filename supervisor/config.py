@@ -184,6 +184,15 @@ class MetricsSection(_Section):
     textfile: Union[str, None] = None  # e.g. /var/lib/node_exporter/textfile_collector/nnunet.prom
 
 
+class NotifySection(_Section):
+    """Notifications through apprise URLs (the optional extra nnunet-supervise[notify])."""
+
+    urls: list[str] = []  # e.g. ["mailto://user:pass@example.com", "slack://...", "json://host/path"]
+    on: list[Literal["give_up", "finished", "stall", "gpu_fault", "repeated_failures", "disk_full"]] = [
+        "give_up", "finished", "stall", "gpu_fault", "repeated_failures", "disk_full"]
+    repeated_failures: int = Field(3, ge=1)  # this many failed attempts in a row -> one notification
+
+
 class Config(_Section):
     """A whole run.yaml."""
 
@@ -196,6 +205,7 @@ class Config(_Section):
     cooperative: CooperativeSection = CooperativeSection()
     power: PowerSection = PowerSection()
     metrics: MetricsSection = MetricsSection()
+    notify: NotifySection = NotifySection()
 
     @model_validator(mode="after")
     def _cooperative_single_process(self) -> Config:

@@ -20,12 +20,12 @@ class EventLog:
         self.path = path
         self.wall = wall
         self._unwritten: list[str] = []  # lines a full disk refused; written, in order, with the next event
-        self.listeners: list[Callable[[str], None]] = []  # told each event's name (metrics counters)
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # told each event (metrics, notify)
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         entry = {"ts": round(self.wall(), 6), "event": event, **fields}
         for listener in self.listeners:
-            listener(event)
+            listener(event, fields)
         self._unwritten.append(json.dumps(entry, default=str) + "\n")
         try:
             self._append("".join(self._unwritten))

@@ -60,7 +60,7 @@ class Metrics:
             self.checkpoint_age.set(checkpoint_age_s)
         self._maybe_write()
 
-    def count(self, event: str) -> None:
+    def count(self, event: str, fields: object = None) -> None:
         name = COUNTED.get(event)
         if name is not None:
             self.counters[name].inc()

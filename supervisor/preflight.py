@@ -85,6 +85,8 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
         report.notes.append(f"trainer command {' '.join(trainer_command(ctx))}")
     except LaunchError as exc:
         report.problems.append(str(exc))
+    if ctx.config.notify.urls and importlib.util.find_spec("apprise") is None:
+        report.problems.append("notify.urls: notifications need apprise; pip install 'nnunet-supervise[notify]'")
     if ctx.config.cooperative.enabled and importlib.util.find_spec("nnunetv2") is None:
         report.problems.append(f"cooperative.enabled: the shim runs nnU-Net in this Python ({sys.executable}), "
                                "where nnunetv2 is not installed; `pip install nnunetv2` into it, or disable it")

@@ -61,6 +61,7 @@ from supervisor.loop import (
     Tick,
 )
 from supervisor.metrics import Metrics
+from supervisor.notify import Notifications
 from supervisor.policy import RestartPolicy
 from supervisor.power import BatteryReading, BatteryWatch, read_battery
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
@@ -146,6 +147,11 @@ class Runner:
             self.metrics = Metrics(str(self.layout.fold_dir), m.port, m.host,
                                    None if m.textfile is None else Path(m.textfile), clock)
             self.events.listeners.append(self.metrics.count)
+        self.notifications: Notifications | None = None
+        if cfg.notify.urls:
+            self.notifications = Notifications(str(self.layout.fold_dir), list(cfg.notify.urls),
+                                               list(cfg.notify.on), cfg.notify.repeated_failures)
+            self.events.listeners.append(self.notifications.on_event)
         self._epoch_times: list[float] = []  # recent epoch durations, across attempts and runs (state.json)
         hb = cfg.heartbeat
         self._stall_rules = StallRules(
@@ -186,6 +192,8 @@ class Runner:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+            if self.notifications is not None:
+                self.notifications.close()
             files.stop()
             if self.gpu is not None:
                 self.gpu.stop()

@@ -29,7 +29,8 @@ FAKE = Path(__file__).with_name("fake_trainer.py")
 
 def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
              power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None, **restart: float) -> RunContext:
+             metrics: dict[str, Any] | None = None, notify: dict[str, Any] | None = None,
+             **restart: float) -> RunContext:
     (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
     cfg = {
         "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
@@ -41,6 +42,7 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
         "power": power or {},
         "cooperative": cooperative or {},
         "metrics": metrics or {},
+        "notify": notify or {},
     }
     (tmp_path / "run.yaml").write_text(json.dumps(cfg))
     return RunContext.load(tmp_path / "run.yaml")
