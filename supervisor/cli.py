@@ -72,7 +72,8 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
     from supervisor.preflight import Report, cheap_checks
     from supervisor.runner import Runner
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     ctx = _load(config, fold)
     report = Report()
@@ -80,7 +81,14 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
     if not report.ok:
         _fail(ConfigError(report.problems, str(ctx.config_path)))
     try:
-        code = Runner(ctx).run()
+        if sys.stderr.isatty():  # a person watching: a live status line under the log
+            from supervisor.terminal import TerminalStatus
+
+            with TerminalStatus() as term:
+                term.install_logging(level)
+                code = Runner(ctx, on_status=term.update).run()
+        else:  # systemd, SLURM, a pipe: plain timestamped lines
+            code = Runner(ctx).run()
     except SupervisorError as exc:
         _fail(exc)
     except Exception:  # a bug of ours must not read as "gave up" (1), which systemd is told not to restart

@@ -108,8 +108,10 @@ class Runner:
                  wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
                  spawn: Spawner = TrainerProcess.spawn, tick_s: float = 2.0, leftover_grace_s: float = 10.0,
                  battery: Callable[[], BatteryReading | None] = read_battery,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.ctx = ctx
+        self.on_status = on_status  # e.g. the live line on a terminal
         self.notifier = notifier or Notifier()  # systemd Type=notify; a no-op elsewhere
         self.layout = ctx.layout
         self.clock = clock
@@ -668,6 +670,10 @@ class Runner:
         self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(), age))
         if self.metrics is not None:
             self.metrics.update(s.phase.value, s.attempt, s.restarts, self._epoch_now, self._total_epochs(), age)
+        if self.on_status is not None:
+            self.on_status({"state": s.phase.value, "attempt": s.attempt, "epoch": self._epoch_now,
+                            "num_epochs": self._total_epochs(), "checkpoint_age_s": age,
+                            "epoch_times": self._watch.stall.epoch_times if self._watch else self._epoch_times})
 
     def _total_epochs(self) -> int | None:
         """The trainer's num_epochs, once it wrote debug.json (read once per run: it does not change)."""
