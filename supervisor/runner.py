@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from supervisor import slurm
 from supervisor.attempt import AttemptWatch
@@ -60,8 +60,6 @@ from supervisor.loop import (
     Terminate,
     Tick,
 )
-from supervisor.metrics import Metrics
-from supervisor.notify import Notifications
 from supervisor.policy import RestartPolicy
 from supervisor.power import BatteryReading, BatteryWatch, read_battery
 from supervisor.process import TrainerProcess, become_subreaper, marked_processes, stop_tree
@@ -71,6 +69,10 @@ from supervisor.service import checkpoint_age_s, num_epochs, status_line
 from supervisor.state import StateStore
 from supervisor.traininglog import read_tail
 from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
+
+if TYPE_CHECKING:
+    from supervisor.metrics import Metrics
+    from supervisor.notify import Notifications
 
 log = logging.getLogger("nnunet_supervise")
 
@@ -146,11 +148,15 @@ class Runner:
         self.metrics: Metrics | None = None
         m = cfg.metrics
         if m.port is not None or m.textfile is not None:
+            from supervisor.metrics import Metrics  # prometheus_client only when metrics are asked for
+
             self.metrics = Metrics(str(self.layout.fold_dir), m.port, m.host,
                                    None if m.textfile is None else Path(m.textfile), clock)
             self.events.listeners.append(self.metrics.count)
         self.notifications: Notifications | None = None
         if cfg.notify.urls:
+            from supervisor.notify import Notifications
+
             self.notifications = Notifications(str(self.layout.fold_dir), list(cfg.notify.urls),
                                                list(cfg.notify.on), cfg.notify.repeated_failures)
             self.events.listeners.append(self.notifications.on_event)
