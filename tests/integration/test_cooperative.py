@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,10 @@ def assert_nothing_of_the_run_left(ctx: RunContext) -> None:
 
 
 def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse_config: Any) -> None:
-    config = sparse_config()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = sparse_config(metrics={"port": port})
     ctx = RunContext.load(config)
     sup = supervise(config)
     try:
@@ -81,6 +85,9 @@ def test_a_sigkill_redoes_at_most_one_epoch_and_the_lr_schedule_continues(sparse
                                            capture_output=True, text=True, timeout=60).stdout)
         assert status["supervisor_alive"] and status["pid"] == pid and status["num_epochs"] == NUM_EPOCHS
         assert status["last_checkpoint_epoch"] >= 2 and status["eta_s"] is not None  # read during the run
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert f"nnunet_supervise_num_epochs{{run=\"{ctx.layout.fold_dir}\"}} {NUM_EPOCHS}.0" in metrics
+        assert re.search(r'nnunet_supervise_state\{run="[^"]+",state="running"\} 1\.0', metrics)
         time.sleep(random.uniform(0.0, 2.5))  # a moment we do not choose: mid-iteration, mid-save, ...
         os.kill(pid, signal.SIGKILL)
         killed_after = epochs_completed(training_logs(ctx)[0])
