@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
+from supervisor.process import stop_tree
 
 TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
 
@@ -74,12 +75,7 @@ def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
     finally:
         if sup.poll() is None:
             sup.kill()
-        for p in psutil.process_iter():  # nothing of the round may survive it
-            try:
-                if p.environ().get("NNUNET_SUPERVISE_RUN") == str(fold):
-                    p.kill()
-            except psutil.Error:
-                pass
+        stop_tree(None, str(fold), grace_s=0)  # the run's whole tree, by its marker: nothing survives
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     stall = next(e for e in events if e["event"] == "stall")
     times = state().get("epoch_times") or []

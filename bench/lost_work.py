@@ -28,9 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
+from supervisor.process import stop_tree
 
 SPARSE = Path(__file__).resolve().parents[1] / "tests" / "trainers"
 PLATEAU = Path(__file__).resolve().parent / "trainers"
@@ -82,12 +81,7 @@ def stop_all(sup: subprocess.Popen[bytes], fold: Path) -> None:
             sup.wait(timeout=120)
         except subprocess.TimeoutExpired:
             sup.kill()
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("NNUNET_SUPERVISE_RUN") == str(fold):
-                p.kill()
-        except psutil.Error:
-            pass
+    stop_tree(None, str(fold), grace_s=0)  # the run's whole tree, by its marker: nothing survives
 
 
 def kill_round(root: Path, raw: Path, pre: Path, name: str, cooperative: bool, trainer: str) -> int:

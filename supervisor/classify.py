@@ -79,6 +79,11 @@ def last_error_line(log_tail: str) -> str:
     return ""
 
 
+# Exit classifications that are not failures (a stop on request, a finish). A "lingering" recycle only reaches an
+# exit record when the fold was not finished after all, and the loop relaunches it as a failure.
+NOT_FAILURES = frozenset({"finished", "stopped"})
+
+
 def _shim_line(log_tail: str, what: str) -> str:
     """The cooperative shim's own line about `what`, without its prefix."""
     for line in reversed(log_tail.splitlines()):

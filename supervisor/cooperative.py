@@ -194,9 +194,8 @@ class Cooperation:
         since = done - (self.last_save_epoch or 0)
         due = (every is not None and since >= every) or \
             (seconds is not None and self.clock() - self.last_save_at >= seconds)
-        if self.stop_requested and self.last_save_epoch != done:
-            due = True
-        if due and self.last_save_epoch != done and not (last and not self.stop_requested):
+        # a stop always saves; otherwise when due, except at the last epoch (checkpoint_final follows)
+        if self.last_save_epoch != done and (self.stop_requested or (due and not last)):
             self.save_latest()
         self.beat(force=True)
         if self.stop_requested:

@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.classify import NOT_FAILURES
+
 log = logging.getLogger(__name__)
 
 KINDS = ("give_up", "finished", "stall", "gpu_fault", "repeated_failures", "disk_full")
-NOT_FAILURES = {"finished", "stopped", "lingering"}
 
 
 def apprise_sender(urls: list[str]) -> Callable[[str, str], bool]:

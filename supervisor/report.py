@@ -14,11 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from supervisor.classify import NOT_FAILURES
 from supervisor.events import read_events
 from supervisor.layout import RunLayout
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$", re.M)
-NOT_FAILURES = {"finished", "stopped"}
 
 
 @dataclass

@@ -284,7 +284,7 @@ class Runner:
         configured = self.ctx.config.cooperative.stop_timeout_s
         if configured != "auto":
             return float(configured)
-        times = self._watch.stall.epoch_times if self._watch else self._epoch_times
+        times = self._recent_epoch_times()
         return 2 * max(times) + 60 if times else 600.0
 
     def _check_disk(self) -> DiskChecked:
@@ -645,6 +645,7 @@ class Runner:
     def _persist_extra(self) -> None:
         s = self._last_state
         proc = self.proc
+        total = self._total_epochs()
         self.store.save({
             "schema": 1,
             "state": s.phase.value,
@@ -661,7 +662,7 @@ class Runner:
             "exit_code": s.exit_code,
             "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
             "verified_epoch": self._verified_epoch,
-            "epoch_times": self._watch.stall.epoch_times if self._watch else self._epoch_times,
+            "epoch_times": self._recent_epoch_times(),
             "attempt_status": self._watch.status(self.clock()) if self._watch and proc else None,
             "warm_start_weights": self._warm_weights,
             "next_launch_in_s": (round(s.deadline - self.clock(), 3)
@@ -669,17 +670,22 @@ class Runner:
             "fold_dir": str(self.layout.fold_dir),
             "config": str(self.ctx.config_path),
             "started_ts": self._started_ts,
-            "num_epochs": self._total_epochs(),
+            "num_epochs": total,
             "slurm_job_id": self._slurm_job,
         })
+        if not (self.notifier.enabled or self.metrics is not None or self.on_status is not None):
+            return  # nobody listens: no checkpoint stats on every step
         age = checkpoint_age_s(self.layout.fold_dir, self.wall())
-        self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, self._total_epochs(), age))
+        self.notifier.status(status_line(s.phase.value, s.attempt, self._epoch_now, total, age))
         if self.metrics is not None:
-            self.metrics.update(s.phase.value, s.attempt, s.restarts, self._epoch_now, self._total_epochs(), age)
+            self.metrics.update(s.phase.value, s.attempt, s.restarts, self._epoch_now, total, age)
         if self.on_status is not None:
             self.on_status({"state": s.phase.value, "attempt": s.attempt, "epoch": self._epoch_now,
-                            "num_epochs": self._total_epochs(), "checkpoint_age_s": age,
-                            "epoch_times": self._watch.stall.epoch_times if self._watch else self._epoch_times})
+                            "num_epochs": total, "checkpoint_age_s": age, "epoch_times": self._recent_epoch_times()})
+
+    def _recent_epoch_times(self) -> list[float]:
+        """This run's recent epoch durations: the running attempt's watch, else what state.json carried."""
+        return self._watch.stall.epoch_times if self._watch else self._epoch_times
 
     def _total_epochs(self) -> int | None:
         """The trainer's num_epochs, once it wrote debug.json (read once per run: it does not change)."""

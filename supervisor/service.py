@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from supervisor.layout import CHECKPOINT_NAMES
@@ -27,7 +28,15 @@ def checkpoint_age_s(fold_dir: Path, now: float) -> float | None:
     return max(0.0, now - max(times)) if times else None
 
 
-def _age(seconds: float) -> str:
+def eta_s(epoch: int | None, total: int | None, epoch_times: list[float]) -> float | None:
+    """Seconds to the last epoch at the median pace of the recent ones; None while unknown."""
+    if epoch is None or not total or not epoch_times:
+        return None
+    return max(0, total - epoch) * statistics.median(epoch_times)
+
+
+def duration(seconds: float) -> str:
+    """Seconds for a person: "42 s", "17 min", "3.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -39,5 +48,5 @@ def status_line(state: str, attempt: int, epoch: int | None, total: int | None, 
     parts = [f"{state}: attempt {attempt}"]
     if epoch is not None:
         parts.append(f"epoch {epoch}/{total}" if total else f"epoch {epoch}")
-    parts.append("no checkpoint yet" if ckpt_age_s is None else f"last checkpoint {_age(ckpt_age_s)} ago")
+    parts.append("no checkpoint yet" if ckpt_age_s is None else f"last checkpoint {duration(ckpt_age_s)} ago")
     return ", ".join(parts)

@@ -3,17 +3,15 @@ run directory only (works while it runs, after it ended, and without the lock)."
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 from supervisor.checkpoint import CheckpointError, read_meta
+from supervisor.classify import NOT_FAILURES
 from supervisor.events import read_events
 from supervisor.layout import RunLayout
-from supervisor.service import checkpoint_age_s, num_epochs
+from supervisor.service import checkpoint_age_s, eta_s, num_epochs
 from supervisor.state import StateStore
-
-FAILURES_NOT = {"finished", "stopped", "lingering"}  # exit classifications that are not failures
 
 
 def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str, Any]:
@@ -29,11 +27,8 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
         except CheckpointError:
             continue
     ckpt_epoch = max((e for e in ckpt_epochs if e is not None), default=None)
-    times = state.get("epoch_times") or []
-    eta = None
-    if live and total and epoch is not None and times:
-        eta = round(max(0, total - epoch) * statistics.median(times), 1)
-    failures = [e for e in events if e["event"] == "exit" and e.get("classification") not in FAILURES_NOT]
+    eta = eta_s(epoch, total, state.get("epoch_times") or []) if live else None
+    failures = [e for e in events if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
     last_failure = ({k: failures[-1].get(k) for k in ("ts", "attempt", "classification", "retryable", "summary")}
                     if failures else None)
     gpu = next((e for e in reversed(events) if e["event"] in ("gpu_fault", "gpu_health")), None)
@@ -48,7 +43,7 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
         "best_epoch": state.get("best_epoch"),
         "last_checkpoint_epoch": ckpt_epoch,
         "last_checkpoint_age_s": None if age is None else round(age, 1),
-        "eta_s": eta,
+        "eta_s": None if eta is None else round(eta, 1),
         "pid": state.get("pid") if live else None,
         "last_failure": last_failure,
         "last_exit": state.get("last_exit"),

@@ -6,7 +6,6 @@ Not on a terminal (systemd, SLURM, a pipe) nothing of this is used: plain timest
 from __future__ import annotations
 
 import logging
-import statistics
 from typing import Any
 
 from rich.console import Console
@@ -14,15 +13,9 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.text import Text
 
+from supervisor.service import duration, eta_s
+
 BAR = 24
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def status_text(s: dict[str, Any]) -> str:
@@ -33,13 +26,13 @@ def status_text(s: dict[str, Any]) -> str:
         done = min(max(epoch, 0), total)
         filled = round(BAR * done / total)
         parts.append(f"epoch {epoch}/{total} [{'#' * filled}{'.' * (BAR - filled)}] {100 * done / total:.0f}%")
-        times = s.get("epoch_times") or []
-        if times and s["state"] == "running":
-            parts.append(f"ETA {_duration((total - done) * statistics.median(times))}")
+        eta = eta_s(epoch, total, s.get("epoch_times") or [])
+        if eta is not None and s["state"] == "running":
+            parts.append(f"ETA {duration(eta)}")
     elif epoch is not None:
         parts.append(f"epoch {epoch}")
     age = s.get("checkpoint_age_s")
-    parts.append("no checkpoint yet" if age is None else f"checkpoint {_duration(age)} ago")
+    parts.append("no checkpoint yet" if age is None else f"checkpoint {duration(age)} ago")
     return " · ".join(parts)
 
 
