@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-from supervisor.gpu import EVENT_DOUBLE_BIT_ECC, EVENT_XID_CRITICAL, NvmlError, create_monitor, decode_throttle
+from supervisor.gpu.monitor import create_monitor, decode_throttle
+from supervisor.gpu.nvml import EVENT_DOUBLE_BIT_ECC, EVENT_XID_CRITICAL, NvmlError
 
 METRICS = ("temperature", "throttle_reasons", "retired_pages_pending", "remapped_rows", "recovery_action",
            "compute_processes")

@@ -25,8 +25,8 @@ from typing import Any
 
 import psutil
 
+from supervisor.daemon.process import stop_tree
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
-from supervisor.process import stop_tree
 
 TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
 

@@ -28,8 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from supervisor.daemon.process import stop_tree
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
-from supervisor.process import stop_tree
 
 SPARSE = Path(__file__).resolve().parents[1] / "tests" / "trainers"
 PLATEAU = Path(__file__).resolve().parent / "trainers"

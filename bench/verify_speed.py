@@ -118,8 +118,8 @@ def main() -> None:
     ckpt = make_checkpoint(work, plans_file, dataset_json)
     size_mb = ckpt.stat().st_size / 1e6
 
-    from supervisor.checkpoint import verify_structure
-    from supervisor.verify import probe
+    from supervisor.checkpoints.structure import verify_structure
+    from supervisor.checkpoints.verify import probe
 
     report = verify_structure(ckpt)
     assert report.ok, report.problems

@@ -18,9 +18,8 @@ import click
 
 from supervisor import __version__
 from supervisor.context import RunContext
-from supervisor.errors import ConfigError, SupervisorError
-from supervisor.lock import RunLock
-from supervisor.loop import EXIT_CRASHED, EXIT_GAVE_UP, EXIT_USAGE
+from supervisor.errors import ConfigError, ExitCode, SupervisorError
+from supervisor.rundir.lock import RunLock
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
@@ -69,8 +68,8 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
     Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request,
     70 the supervisor itself crashed (a bug: the trainer's tree is stopped; a restart resumes).
     """
+    from supervisor.daemon.runner import Runner
     from supervisor.preflight import Report, cheap_checks
-    from supervisor.runner import Runner
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
@@ -82,7 +81,7 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
         _fail(ConfigError(report.problems, str(ctx.config_path)))
     try:
         if sys.stderr.isatty():  # a person watching: a live status line under the log
-            from supervisor.terminal import TerminalStatus
+            from supervisor.observe.terminal import TerminalStatus
 
             with TerminalStatus() as term:
                 term.install_logging(level)
@@ -92,8 +91,8 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
     except SupervisorError as exc:
         _fail(exc)
     except Exception:  # a bug of ours must not read as "gave up" (1), which systemd is told not to restart
-        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", EXIT_CRASHED)
-        sys.exit(EXIT_CRASHED)
+        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
+        sys.exit(ExitCode.CRASHED)
     sys.exit(code)
 
 
@@ -104,7 +103,7 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def report(config: Path, output: Path | None, as_json: bool) -> None:
     """Goodput, epochs redone, restarts and failures of a run; -o draws the timeline (epoch over wall time)."""
-    from supervisor.report import plot, summary, timeline
+    from supervisor.observe.report import plot, summary, timeline
 
     ctx = _load(config)
     t = timeline(ctx.layout)
@@ -151,13 +150,13 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
     """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint."""
     import subprocess
 
-    from supervisor import slurm as sl
+    from supervisor.deploy import slurm as sl
 
     ctx = _load(config)
     if folds is not None and not all(part.strip().isdigit() for chunk in folds.split(",")
                                      for part in chunk.split("-", 1)):
         click.echo(f"nnunet-supervise: --folds: got {folds!r}; allowed: fold numbers like 0-4 or 0,2,3", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(ExitCode.USAGE)
     spec = sl.spec_for(ctx, sys.executable, time=time_limit, partition=partition, gres=gres, folds=folds, cpus=cpus,
                        lead_s=lead_s)
     text = sl.render(spec)
@@ -171,10 +170,10 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
         r = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         click.echo(f"nnunet-supervise: sbatch failed: {exc}", err=True)
-        sys.exit(EXIT_GAVE_UP)
+        sys.exit(ExitCode.GAVE_UP)
     if r.returncode != 0:
         click.echo(f"nnunet-supervise: sbatch failed: {r.stderr.strip()}", err=True)
-        sys.exit(EXIT_GAVE_UP)
+        sys.exit(ExitCode.GAVE_UP)
     click.echo(f"submitted job {r.stdout.strip()} ({script}); logs in {spec.log_dir}")
 
 
@@ -188,7 +187,7 @@ def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) ->
     import getpass
     import subprocess
 
-    from supervisor.unitfile import enable_hint, render, spec_for, unit_name
+    from supervisor.deploy.systemd import enable_hint, render, spec_for, unit_name
 
     ctx = _load(config)
     who = run_as or getpass.getuser()
@@ -203,7 +202,7 @@ def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) ->
         (folder / name).write_text(text)
     except OSError as exc:
         click.echo(f"nnunet-supervise: cannot write {folder / name}: {exc}", err=True)
-        sys.exit(EXIT_GAVE_UP)
+        sys.exit(ExitCode.GAVE_UP)
     click.echo(f"wrote {folder / name}")
     reload = ["systemctl", *(["--user"] if user_unit else []), "daemon-reload"]
     try:
@@ -226,7 +225,7 @@ def check(config: Path) -> None:
     for problem in report.problems:
         click.echo(f"FAIL  {problem}")
     click.echo(f"{ctx.config_path}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
-    sys.exit(0 if report.ok else EXIT_USAGE)
+    sys.exit(0 if report.ok else ExitCode.USAGE)
 
 
 @main.command()
@@ -236,8 +235,9 @@ def check(config: Path) -> None:
               help="A run.yaml: also check trainer/configuration/fold and the network its trainer builds.")
 def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     """Verify one checkpoint file (0 usable, 1 not): zip structure and CRCs, content, and compatibility."""
+    from supervisor.checkpoints.verdict import Verdict
+    from supervisor.checkpoints.verify import ProbeError, expectations, network_request, structure_verdict, verify_all
     from supervisor.command import build_env
-    from supervisor.verify import ProbeError, Verdict, expectations, network_request, structure_verdict, verify_all
 
     expect: dict[str, Any] = {}
     network = None
@@ -285,7 +285,7 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
               help="Return only once the supervisor has exited (at most this many seconds).")
 def stop(config: Path, wait_s: float | None) -> None:
     """Ask the run's live supervisor to stop resumably (as SIGTERM does; for UPS hooks and people). 0 sent, 1 not."""
-    from supervisor.power import request_stop
+    from supervisor.observe.control import request_stop
 
     ctx = _load(config)
     try:
@@ -301,7 +301,7 @@ def stop(config: Path, wait_s: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""
-    from supervisor.status import gather
+    from supervisor.observe.status import gather
 
     ctx = _load(config)
     layout = ctx.layout

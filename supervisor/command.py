@@ -9,11 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from supervisor.context import RunContext
-from supervisor.cooperative import HEARTBEAT_VAR, SAVE_EVERY_EPOCHS_VAR, SAVE_EVERY_S_VAR
 from supervisor.errors import LaunchError
-from supervisor.process import MARKER_VAR
-
-ATTEMPT_VAR = "NNUNET_SUPERVISE_ATTEMPT"
+from supervisor.trainer.protocol import ATTEMPT_VAR, HEARTBEAT_VAR, MARKER_VAR, SAVE_EVERY_EPOCHS_VAR, SAVE_EVERY_S_VAR
 
 
 def train_executable() -> str:
@@ -31,7 +28,7 @@ def trainer_command(ctx: RunContext) -> list[str]:
     """What runs the training: nnUNetv2_train, or in cooperative mode nnU-Net's same entry through our shim
     (in this Python, whose environment has both nnunetv2 and this package)."""
     if ctx.config.cooperative.enabled:
-        return [sys.executable, "-m", "supervisor.launch"]
+        return [sys.executable, "-m", "supervisor.trainer.launch"]
     return [train_executable()]
 
 

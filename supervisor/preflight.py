@@ -16,8 +16,8 @@ from typing import Any
 from supervisor.command import build_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
-from supervisor.lock import RunLock
-from supervisor.trainer_lookup import find_trainer
+from supervisor.rundir.lock import RunLock
+from supervisor.trainer.lookup import find_trainer
 
 
 @dataclass

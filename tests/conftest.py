@@ -13,9 +13,44 @@ from typing import Any
 
 import pytest
 
+from supervisor.context import RunContext
+from supervisor.daemon.process import TrainerProcess
 from supervisor.demo.dataset import make_dataset
 
-DEMO_TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TRAINERS = REPO / "supervisor" / "demo" / "trainers"
+
+
+# ---- a fake trainer for the runner's real-process tests ----
+
+FAKE = Path(__file__).with_name("fake_trainer.py")  # stands in for nnUNetv2_train in the runner tests
+
+
+def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
+             power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
+             metrics: dict[str, Any] | None = None, notify: dict[str, Any] | None = None,
+             **restart: float) -> RunContext:
+    (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
+    cfg = {
+        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
+                   "env": {"FAKE_PLAN": json.dumps(plan)}},
+        "paths": {"nnUNet_preprocessed": "pre", "nnUNet_results": "res"},
+        "restart": {"backoff_initial_s": 0.0, **restart},
+        "process": {"stop_grace_s": 2},
+        "heartbeat": heartbeat or {},
+        "power": power or {},
+        "cooperative": cooperative or {},
+        "metrics": metrics or {},
+        "notify": notify or {},
+    }
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    return RunContext.load(tmp_path / "run.yaml")
+
+
+def fake_spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> TrainerProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    shim = argv[1:3] == ["-m", "supervisor.trainer.launch"]  # cooperative mode: the fake stands in for the shim too
+    return TrainerProcess.spawn([sys.executable, str(FAKE), *argv[3 if shim else 1:]], env, log, cwd)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +116,7 @@ def state_of(ctx: Any) -> dict[str, Any]:
 
 
 def events_of(ctx: Any) -> list[dict[str, Any]]:
-    from supervisor.events import read_events
+    from supervisor.rundir.eventlog import read_events
 
     return list(read_events(ctx.layout.events_file))
 
@@ -117,7 +152,7 @@ def interrupted_training(tmp_path_factory: pytest.TempPathFactory, tiny_dataset:
     """
     import signal as _signal
 
-    from supervisor.checkpoint import CheckpointError, read_meta
+    from supervisor.checkpoints.meta import CheckpointError, read_meta
     from supervisor.demo.dataset import nnunet_env
 
     raw, pre = tiny_dataset

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.checkpoint import read_meta
+from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
+from supervisor.daemon.traininglog import read_progress
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
-from supervisor.events import read_events
-from supervisor.traininglog import read_progress
+from supervisor.rundir.eventlog import read_events
 
 TRAINERS = Path(__file__).resolve().parent / "trainers"
 KILL_AT_EPOCH = 5

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.checkpoint import read_meta
+from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
-from supervisor.traininglog import read_progress
+from supervisor.daemon.traininglog import read_progress
 from tests.conftest import DEMO_TRAINERS, copy_run, events_of, supervise
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
-from supervisor.checkpoint import read_meta, verify_structure
+from supervisor.checkpoints.meta import read_meta
+from supervisor.checkpoints.structure import verify_structure
 from supervisor.context import RunContext
-from supervisor.process import marked_processes
+from supervisor.daemon.process import marked_processes
 from tests.conftest import events_of, reach_epoch, supervise, wait_for
 
 pytestmark = pytest.mark.integration
@@ -173,7 +174,7 @@ def test_sigusr1_saves_exits_75_and_the_next_start_redoes_nothing(sparse_config:
 KILLED_SAVER = r"""
 import os, sys, torch
 from pathlib import Path
-from supervisor.cooperative import atomic_save
+from supervisor.trainer.cooperative import atomic_save
 target = Path(sys.argv[1])
 state = {"network_weights": {f"w{i}": torch.randn(256, 1024) for i in range(24)}, "current_epoch": 0}
 print("ready", flush=True)

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from supervisor.context import RunContext
-from supervisor.process import MARKER_VAR, marked_processes
+from supervisor.daemon.process import marked_processes
+from supervisor.trainer.protocol import MARKER_VAR
 from tests.conftest import events_of, reach_epoch, supervise
 
 pytestmark = pytest.mark.integration

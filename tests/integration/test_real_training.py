@@ -15,10 +15,10 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor.checkpoint import read_meta
+from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
-from supervisor.process import marked_processes
-from supervisor.traininglog import read_progress
+from supervisor.daemon.process import marked_processes
+from supervisor.daemon.traininglog import read_progress
 from tests.conftest import events_of, state_of, supervise, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.checkpoint import read_meta
+from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
 from tests.conftest import events_of, state_of, wait_for
 from tests.integration.test_cooperative import SPARSE, first_epoch, training_logs

@@ -1,0 +1,1 @@
+"""The pure decisions: the run lifecycle, restart policy, exit classification, stall timing. No OS access."""

@@ -1,0 +1,143 @@
+"""Why did the trainer exit? One table, in one place, says what each cause is and whether a retry can help."""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+from supervisor.errors import ExitCode
+from supervisor.trainer.protocol import DISK_FULL_LINE, MARK
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on one trainer exit."""
+
+    kind: str
+    retryable: bool
+    summary: str  # what happened, in words
+    advice: str = ""  # what the user can do, for non-retryable causes
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: str
+    retryable: bool
+    pattern: re.Pattern[str]
+    summary: str
+    advice: str = ""
+
+
+def _rule(kind: str, retryable: bool, pattern: str, summary: str, advice: str = "") -> _Rule:
+    return _Rule(kind, retryable, re.compile(pattern, re.MULTILINE), summary, advice)
+
+
+# Ordered: the first rule whose pattern occurs in the attempt log's tail wins, so specific causes come
+# before the generic traceback.
+RULES: tuple[_Rule, ...] = (
+    _rule("incompatible_checkpoint", False, r"Error\(s\) in loading state_dict",
+          "the checkpoint does not fit the network this trainer builds (strict load_state_dict failed)",
+          "the trainer class or the plans changed since the checkpoint was written; restore the old trainer/plans, "
+          "or start a new training from it with -pretrained_weights (loses optimizer, epoch and LR schedule)"),
+    _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed",
+          "nnU-Net's data augmentation workers died (often the kernel's OOM killer)"),
+    _rule("corrupt_checkpoint", False,
+          r"PytorchStreamReader failed reading zip archive|failed finding central directory|"
+          r"EOFError: Ran out of input|UnpicklingError",
+          "the checkpoint nnU-Net tried to resume from is damaged (truncated or half-written)",
+          "move the damaged checkpoint_*.pth out of the fold folder so --c can use another one"),
+    _rule("trainer_not_found", False, r"Could not find requested nnunet trainer",
+          "nnU-Net could not find the trainer class",
+          "check nnunet.trainer and nnunet.trainer_paths; `nnunet-supervise check` finds the class the same way"),
+    _rule("import_error", False, r"^(ModuleNotFoundError|ImportError): ",
+          "the trainer failed to import a module",
+          "install the missing package into the environment that runs nnUNetv2_train"),
+    _rule("waiting_for_input", False, r"EOFError: EOF when reading a line",
+          "nnU-Net asked a question on stdin; the supervisor gives it /dev/null",
+          "run the command once by hand to answer it, or fix what it asks about (often splits_final.json)"),
+    _rule("cuda_oom", True, r"CUDA out of memory|OutOfMemoryError",
+          "the GPU ran out of memory"),
+    _rule("disk_full", True, r"No space left on device|\[Errno 28\]|nnunet-supervise: disk full",
+          "the disk is full"),
+    _rule("nccl_error", True, r"NCCL error|ncclInternalError|ncclSystemError|ProcessGroupNCCL",
+          "a distributed (NCCL) error"),
+    _rule("python_exception", True, r"^Traceback \(most recent call last\):",
+          "the trainer raised a Python exception"),
+)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def last_error_line(log_tail: str) -> str:
+    """The last line that looks like an exception message, for the human-readable summary."""
+    for line in reversed(log_tail.splitlines()):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*:", line.strip()):
+            return line.strip()[:300]
+    return ""
+
+
+# Exit classifications that are not failures (a stop on request, a finish). A "lingering" recycle only reaches an
+# exit record when the fold was not finished after all, and the loop relaunches it as a failure.
+NOT_FAILURES = frozenset({"finished", "stopped"})
+
+
+def _shim_line(log_tail: str, what: str) -> str:
+    """The cooperative shim's own line about `what`, without its prefix."""
+    for line in reversed(log_tail.splitlines()):
+        if line.startswith(f"{MARK} {what}"):
+            return line.removeprefix(f"{MARK} ").strip()
+    return what
+
+
+def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classification:
+    """Classify an exit from its return code, whether the fold is finished, and the end of its log."""
+    if returncode == 0 and finished:
+        return Classification("finished", False, "training and validation finished")
+    if returncode < 0:
+        name = _signal_name(-returncode)
+        hint = " (SIGKILL from outside is often the kernel's OOM killer)" if name == "SIGKILL" else ""
+        return Classification("killed_by_signal", True, f"killed by {name}{hint}")
+    if returncode == ExitCode.DISK_FULL and DISK_FULL_LINE in log_tail:
+        # before the rules: the dataloader threads dying on the way out print "workers are no longer alive"
+        return Classification("disk_full", True, _shim_line(log_tail, "disk full"))
+    if returncode == ExitCode.STOPPED and MARK in log_tail:
+        return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "
+                              "sent to it (not by this supervisor)")
+    for rule in RULES:
+        if rule.pattern.search(log_tail):
+            detail = last_error_line(log_tail)
+            summary = f"{rule.summary}: {detail}" if detail else rule.summary
+            return Classification(rule.kind, rule.retryable, summary, rule.advice)
+    if returncode == 0:
+        return Classification("exited_without_final", True,
+                              "exited 0 but the fold has no checkpoint_final.pth and validation summary")
+    return Classification("exit_nonzero", True, f"exited with status {returncode}")
+
+
+# torch puts each category on its own line ("\n\t"): Missing key(s) in state_dict: "a", "b".
+_KEYS_RE = {
+    "missing_keys": re.compile(r"Missing key\(s\) in state_dict: (.*)$", re.M),
+    "unexpected_keys": re.compile(r"Unexpected key\(s\) in state_dict: (.*)$", re.M),
+}
+_SIZE_RE = re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _shape(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def parse_state_dict_error(log_tail: str) -> dict[str, list[object]]:
+    """The three lists out of torch's 'Error(s) in loading state_dict' message."""
+    out: dict[str, list[object]] = {}
+    for name, rx in _KEYS_RE.items():
+        m = rx.search(log_tail)
+        out[name] = re.findall(r'"([^"]+)"', m.group(1)) if m else []
+    out["shape_mismatches"] = [[k.strip(), _shape(a), _shape(b)] for k, a, b in _SIZE_RE.findall(log_tail)]
+    return out

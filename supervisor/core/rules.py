@@ -1,0 +1,93 @@
+"""Small pure rules the runner applies to what its sensors saw, each unit-tested without a process or a clock.
+
+The Decider (lifecycle.py) owns the run's states; these decide the facts it is fed: which alarm about a running
+attempt becomes an Abort or a Recycle, whether a --c really resumed where it should, how long a cooperative save
+may take, when a full disk is news, and what a new supervisor carries over from the previous one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from supervisor.core.lifecycle import LoopState
+from supervisor.core.messages import Abort, Record, Recycle
+
+
+def alarm_event(kind: str, message: str, fields: Mapping[str, Any] | None = None) -> Union[Abort, Recycle]:
+    """An alarm about the running attempt: a divergence gives up (resuming repeats it); a stall or a finished trainer
+    that does not exit is stopped and its end counted as that kind."""
+    if kind == "diverged":
+        return Abort(kind, message)
+    return Recycle(kind, message, dict(fields or {}))
+
+
+def resume_check(attempt: int, expect_epoch: int | None, saw_no_checkpoint: bool,
+                 first_epochs: Sequence[int]) -> tuple[bool, Abort | None]:
+    """Did a --c launch resume where the verified checkpoint said? Returns (settled, abort).
+
+    nnU-Net's --c quietly starts from scratch when it finds no checkpoint (it only prints a warning), and a trainer
+    may load an older file than the one verified; both would silently throw epochs away.
+    """
+    expect = expect_epoch or 0
+    if saw_no_checkpoint:
+        return True, Abort("fresh_start_detected", f"attempt {attempt} was launched with --c to resume epoch {expect}, "
+                                                   "but nnU-Net found no checkpoint and started from scratch")
+    if not first_epochs:
+        return False, None  # not known yet: no epoch started
+    if min(first_epochs) < expect:
+        return True, Abort("epoch_regression", f"attempt {attempt} resumed at epoch {min(first_epochs)}, below the "
+                                               f"verified checkpoint's epoch {expect}")
+    return True, None
+
+
+def save_timeout_s(configured: Union[str, float], epoch_times: Sequence[float]) -> float:
+    """How long a cooperative trainer may take to reach its epoch end and save: the rest of an epoch, generously."""
+    if configured != "auto":
+        return float(configured)
+    return 2 * max(epoch_times) + 60 if epoch_times else 600.0
+
+
+@dataclass
+class DiskWatch:
+    """A full disk is news twice: when it is first seen and when space is back (not at every look in between)."""
+
+    said: bool = False
+
+    def observe(self, free: int, needed: int, path: str) -> list[Record]:
+        if free < needed and not self.said:
+            self.said = True
+            return [Record("disk_full", {"free_bytes": free, "needed_bytes": needed, "path": path})]
+        if free >= needed and self.said:
+            self.said = False
+            return [Record("disk_space", {"free_bytes": free, "needed_bytes": needed})]
+        return []
+
+
+def carried_over(previous: Mapping[str, Any], slurm_job: str | None) -> LoopState:
+    """A new supervisor's start: attempt numbers always continue (attempt-N.log); inside one SLURM job the restart
+    budget does too, across its requeues (a requeue is not a fresh start of the job)."""
+    state = LoopState(attempt=_count(previous.get("attempt")))
+    if slurm_job is not None and previous.get("slurm_job_id") == slurm_job:
+        state = LoopState(attempt=state.attempt, restarts=_count(previous.get("restarts")))
+    return state
+
+
+def _count(value: object) -> int:
+    """A non-negative count from state.json, 0 where it is missing or mistyped."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclass
+class Every:
+    """Rate limit for a periodic look (the battery): due at once, then every `interval_s`."""
+
+    interval_s: float
+    last: float | None = None
+
+    def due(self, now: float) -> bool:
+        if self.last is not None and now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True

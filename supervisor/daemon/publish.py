@@ -1,0 +1,97 @@
+"""Say where the run is: state.json always, and whoever listens (systemd's STATUS=, metrics, the terminal line)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supervisor.checkpoints.prepare import Memory
+from supervisor.core.lifecycle import LoopState, Phase
+from supervisor.deploy.sdnotify import Notifier
+from supervisor.observe.progress import checkpoint_age_s, status_line
+from supervisor.rundir.statefile import StateStore
+
+if TYPE_CHECKING:
+    from supervisor.observe.metrics import Metrics
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What state.json says besides the lifecycle's own state: gathered by the runner at each step."""
+
+    pid: int | None
+    pid_create_time: float | None
+    epoch: int | None
+    num_epochs: int | None
+    epoch_times: list[float]
+    attempt_status: dict[str, object] | None
+    memory: Memory
+    max_restarts: int
+    fold_dir: str
+    config: str
+    started_ts: float
+    slurm_job_id: str | None
+    main_loop_max_gap_s: float
+
+
+def state_document(s: LoopState, f: Facts, now: float) -> dict[str, Any]:
+    """The body of state.json (documented in the README; `status` and `stop` read it)."""
+    return {
+        "schema": SCHEMA,
+        "state": s.phase.value,
+        "attempt": s.attempt,
+        "restarts": s.restarts,
+        "max_restarts": f.max_restarts,
+        "best_epoch": s.best_epoch,
+        "epoch": f.epoch,
+        "pid": f.pid,
+        "pid_create_time": f.pid_create_time,
+        "supervisor_pid": os.getpid(),
+        "last_exit": s.last_exit,
+        "stop_reason": s.stop_reason,
+        "exit_code": s.exit_code,
+        "resumable": s.phase not in (Phase.FINISHED, Phase.FAILED),
+        "verified_epoch": f.memory.verified_epoch,
+        "epoch_times": f.epoch_times,
+        "attempt_status": f.attempt_status,
+        "warm_start_weights": f.memory.warm_weights,
+        "next_launch_in_s": (round(s.deadline - now, 3)
+                             if s.phase is Phase.BACKOFF and s.deadline is not None else None),
+        "fold_dir": f.fold_dir,
+        "config": f.config,
+        "started_ts": f.started_ts,
+        "num_epochs": f.num_epochs,
+        "slurm_job_id": f.slurm_job_id,
+        "main_loop_max_gap_s": round(f.main_loop_max_gap_s, 1),
+    }
+
+
+class Publisher:
+    """Writes state.json (only when it changed) and feeds the listeners that are configured."""
+
+    def __init__(self, fold_dir: Path, store: StateStore, notifier: Notifier, metrics: Metrics | None,
+                 on_status: Callable[[dict[str, Any]], None] | None) -> None:
+        self.fold_dir, self.store, self.notifier = fold_dir, store, notifier
+        self.metrics, self.on_status = metrics, on_status
+
+    @property
+    def listening(self) -> bool:
+        """Does anyone besides state.json want to hear (so that checkpoints are worth a stat on every step)?"""
+        return self.notifier.enabled or self.metrics is not None or self.on_status is not None
+
+    def publish(self, s: LoopState, f: Facts, now: float, wall_now: float) -> None:
+        self.store.save(state_document(s, f, now))
+        if not self.listening:
+            return
+        age = checkpoint_age_s(self.fold_dir, wall_now)
+        self.notifier.status(status_line(s.phase.value, s.attempt, f.epoch, f.num_epochs, age))
+        if self.metrics is not None:
+            self.metrics.update(s.phase.value, s.attempt, s.restarts, f.epoch, f.num_epochs, age)
+        if self.on_status is not None:
+            self.on_status({"state": s.phase.value, "attempt": s.attempt, "epoch": f.epoch,
+                            "num_epochs": f.num_epochs, "checkpoint_age_s": age, "epoch_times": f.epoch_times})

@@ -1,0 +1,1 @@
+"""Deployment: the systemd unit and its notify protocol, the SLURM batch script and requeue."""

@@ -1,0 +1,152 @@
+"""A systemd unit for one run.yaml, rendered by a pure function (`nnunet-supervise systemd CONFIG`).
+
+Type=notify with a watchdog on the supervisor's main loop; SIGTERM to the supervisor only (KillMode=mixed), which
+stops the trainer itself (after a cooperative save); restarts when the supervisor itself failed, not when it
+finished (0), gave up (1), was misconfigured (2) or found the run locked (3); hardened as far as a GPU training
+allows (nothing of the file system writable but the nnU-Net folders it must write).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor.context import RunContext
+from supervisor.errors import ExitCode
+
+WATCHDOG_S = 600  # the loop pings every few seconds; its longest blocking steps (a network build, waiting for
+# GPU memory, stopping a tree) stay well under this
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """Everything the unit depends on, gathered from the run (see spec_for)."""
+
+    name: str
+    python: str
+    config: Path
+    working_dir: Path
+    environment: dict[str, str]
+    writable: list[Path]
+    stop_timeout_s: int
+    cuda: bool
+    user: str | None = None  # system units: run as this user (None: as root, said in a comment)
+    user_unit: bool = False
+    description: str = ""
+    readable: list[Path] = field(default_factory=list)
+
+
+def _quote(value: str) -> str:
+    """systemd's own quoting for Environment= / ExecStart= words (double quotes, backslash escapes)."""
+    if value and all(c.isalnum() or c in "/._-:=,+@%" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(spec: UnitSpec) -> str:
+    env_lines = [f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(spec.environment.items())]
+    exec_start = " ".join(_quote(w) for w in [spec.python, "-m", "supervisor", "run", str(spec.config)])
+    devices = ([
+        "# CUDA: only the NVIDIA character devices (and the standard pseudo devices)",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-nvidia-frontend rw",
+        "DeviceAllow=char-nvidia-uvm rw",
+        "DeviceAllow=char-nvidia-caps rw",
+        "DeviceAllow=char-nvidiactl rw",
+    ] if spec.cuda else ["PrivateDevices=yes"])
+    user = ([] if spec.user_unit else
+            [f"User={spec.user}"] if spec.user else ["# runs as root: add User= to train as someone else"])
+    lines = [
+        "# Rendered by `nnunet-supervise systemd` for one run; re-render after moving the run or the venv.",
+        "[Unit]",
+        f"Description={spec.description or f'nnU-Net training supervised by nnunet-supervise ({spec.name})'}",
+        "Wants=network-online.target",
+        "After=network-online.target local-fs.target",
+        "",
+        "[Service]",
+        "Type=notify",
+        "NotifyAccess=main",
+        f"ExecStart={exec_start}",
+        f"WorkingDirectory={_quote(str(spec.working_dir))}",
+        *user,
+        *env_lines,
+        "Environment=PYTHONUNBUFFERED=1",
+        # matplotlib and triton want a writable home; give them the unit's cache directory instead
+        "Environment=MPLCONFIGDIR=%C/nnunet-supervise/matplotlib",
+        "Environment=TRITON_CACHE_DIR=%C/nnunet-supervise/triton",
+        "CacheDirectory=nnunet-supervise",
+        f"WatchdogSec={WATCHDOG_S}",
+        "# SIGTERM to the supervisor alone: it stops the trainer's tree itself, after a save in cooperative mode",
+        "KillMode=mixed",
+        "KillSignal=SIGTERM",
+        f"TimeoutStopSec={spec.stop_timeout_s}",
+        f"# {ExitCode.STOPPED}: stopped on request, resumable. Restart only when the supervisor itself failed (a crash "
+        "exits 70, a watchdog timeout aborts it),",
+        f"# not when it finished, gave up ({ExitCode.GAVE_UP}), was misconfigured ({ExitCode.USAGE}) or the run was "
+        f"locked ({ExitCode.LOCKED}).",
+        f"SuccessExitStatus={ExitCode.STOPPED}",
+        "Restart=on-failure",
+        f"RestartPreventExitStatus={ExitCode.GAVE_UP} {ExitCode.USAGE} {ExitCode.LOCKED}",
+        "RestartSec=30",
+        "# hardening (what a training on CPU or CUDA can live with)",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        f"ReadWritePaths={' '.join(_quote(str(p)) for p in spec.writable)}",
+        "PrivateTmp=yes",
+        *devices,
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictNamespaces=yes",
+        "LockPersonality=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "# nnU-Net needs no network; DDP and NCCL talk over localhost",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+        "ProtectProc=invisible",
+        "SystemCallArchitectures=native",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "UMask=0027",
+        "",
+        "[Install]",
+        f"WantedBy={'default.target' if spec.user_unit else 'multi-user.target'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def unit_name(config: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in config.stem)
+    return f"nnunet-supervise-{stem}.service"
+
+
+def spec_for(ctx: RunContext, python: str, user: str | None, user_unit: bool) -> UnitSpec:
+    """Gather the run's paths and needs (reads nothing but the loaded config)."""
+    cfg = ctx.config
+    env = {"nnUNet_preprocessed": str(ctx.paths.preprocessed), "nnUNet_results": str(ctx.paths.results)}
+    if ctx.paths.raw is not None:
+        env["nnUNet_raw"] = str(ctx.paths.raw)
+    # nnU-Net writes the results and unpacks the preprocessed data in place (.npz -> .npy)
+    writable = [ctx.paths.results, ctx.paths.preprocessed]
+    save_s = cfg.cooperative.stop_timeout_s if cfg.cooperative.stop_timeout_s != "auto" else 900.0
+    stop_s = cfg.process.stop_grace_s + (float(save_s) if cfg.cooperative.enabled else 0.0) + 60
+    nn = cfg.nnunet
+    return UnitSpec(
+        name=ctx.config_path.stem, python=python, config=ctx.config_path, working_dir=ctx.config_path.parent,
+        environment=env, writable=writable, stop_timeout_s=int(stop_s), cuda=nn.device == "cuda", user=user,
+        user_unit=user_unit,
+        description=f"nnU-Net {nn.dataset} {nn.configuration} fold {nn.fold} ({nn.trainer}), nnunet-supervise "
+                    f"{ctx.config_path}")
+
+
+def enable_hint(name: str, user_unit: bool) -> str:
+    scope = "--user " if user_unit else ""
+    return f"systemctl {scope}daemon-reload && systemctl {scope}enable --now {shlex.quote(name)}"

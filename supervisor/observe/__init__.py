@@ -1,0 +1,1 @@
+"""Looking at runs: status, report, terminal line, metrics, notifications, and `stop` from outside."""

@@ -1,0 +1,141 @@
+"""`nnunet-supervise report`: what happened to a run, as numbers and as a timeline picture.
+
+Read from the run's files only: nnU-Net's training logs (one per start; an epoch's start and its "Epoch time")
+and events.jsonl (launches, exits and their classification). An epoch counts as *kept* when it is the last
+completion of that epoch index; earlier completions were redone. Goodput = time spent in kept epochs / wall time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from supervisor.core.classify import NOT_FAILURES
+from supervisor.layout import RunLayout
+from supervisor.rundir.eventlog import read_events
+
+LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$", re.M)
+
+
+@dataclass
+class Epoch:
+    index: int
+    start: float  # unix seconds
+    end: float | None = None  # None: never completed (the attempt died in it)
+    attempt: int = 0
+    kept: bool = False
+
+
+@dataclass
+class Timeline:
+    epochs: list[Epoch] = field(default_factory=list)
+    failures: list[tuple[float, int, str]] = field(default_factory=list)  # (ts, attempt, classification)
+    launches: list[tuple[float, int]] = field(default_factory=list)  # (ts, attempt)
+    start: float = 0.0
+    end: float = 0.0
+
+
+def _unix(stamp: str) -> float:
+    """nnU-Net stamps its log in local time (datetime.now())."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def read_log(path: Path) -> list[Epoch]:
+    epochs: list[Epoch] = []
+    for stamp, text in LINE.findall(path.read_text(errors="replace")):
+        if text.startswith("Epoch ") and text[6:].isdigit():
+            epochs.append(Epoch(int(text[6:]), _unix(stamp)))
+        elif text.startswith("Epoch time:") and epochs and epochs[-1].end is None:
+            epochs[-1].end = _unix(stamp)
+    return epochs
+
+
+def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
+    events = list(read_events(layout.events_file))
+    t = Timeline()
+    t.launches = [(e["ts"], int(e["attempt"])) for e in events if e["event"] == "launch"]
+    t.failures = [(e["ts"], int(e.get("attempt", 0)), str(e.get("classification"))) for e in events
+                  if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
+    for path in sorted(layout.training_logs(), key=lambda p: p.stat().st_mtime):
+        for ep in read_log(path):
+            # the attempt whose launch came last before this epoch started
+            ep.attempt = max((a for ts, a in t.launches if ts <= ep.start + 1), default=0)
+            t.epochs.append(ep)
+    last: dict[int, Epoch] = {}
+    for ep in t.epochs:
+        if ep.end is not None:
+            last[ep.index] = ep  # later completions replace earlier ones
+    for ep in last.values():
+        ep.kept = True
+    stamps = [ts for ts, _ in t.launches] + [e.start for e in t.epochs]
+    t.start = min(stamps, default=0.0)
+    ends = [e["ts"] for e in events] + [e.end for e in t.epochs if e.end is not None]
+    t.end = max(ends, default=now or time.time())
+    return t
+
+
+def summary(t: Timeline) -> dict[str, Any]:
+    wall = max(t.end - t.start, 1e-9)
+    kept = sum((e.end or e.start) - e.start for e in t.epochs if e.kept)
+    completed = [e for e in t.epochs if e.end is not None]
+    redone = [e for e in completed if not e.kept]
+    return {
+        "wall_s": round(wall, 1),
+        "kept_training_s": round(kept, 1),
+        "goodput": round(kept / wall, 4),
+        "epochs_kept": sum(e.kept for e in t.epochs),
+        "epochs_redone": len(redone),
+        "epochs_interrupted": sum(e.end is None for e in t.epochs),
+        "restarts": max(0, len(t.launches) - 1),
+        "attempts": len(t.launches),
+        "failures": [{"ts": ts, "attempt": a, "classification": c} for ts, a, c in t.failures],
+    }
+
+
+def plot(t: Timeline, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary(t)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+
+    def minutes(ts: float) -> float:
+        return (ts - t.start) / 60
+
+    attempts = sorted({e.attempt for e in t.epochs})
+    colours = plt.get_cmap("tab10")
+    for i, a in enumerate(attempts):
+        mine = [e for e in t.epochs if e.attempt == a and e.end is not None]
+        c = colours(i % 10)
+        ax.plot([minutes(e.end or 0) for e in mine], [e.index + 1 for e in mine], "-", color=c, lw=1.2,
+                label=f"attempt {a}")
+        kept = [e for e in mine if e.kept]
+        lost = [e for e in mine if not e.kept]
+        ax.plot([minutes(e.end or 0) for e in kept], [e.index + 1 for e in kept], "o", color=c, ms=4)
+        if lost:
+            ax.plot([minutes(e.end or 0) for e in lost], [e.index + 1 for e in lost], "x", color=c, ms=6,
+                    label=f"attempt {a}: redone later")
+    # downtime: from a failure to the next epoch start
+    for ts, _, label in t.failures:
+        nxt = min((e.start for e in t.epochs if e.start > ts), default=t.end)
+        ax.axvspan(minutes(ts), minutes(nxt), color="0.85", zorder=0)
+        ax.axvline(minutes(ts), color="crimson", ls="--", lw=1)
+        ax.annotate(label, (minutes(ts), ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8,
+                    color="crimson")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("epochs completed")
+    ax.set_title(f"goodput {s['goodput']:.0%}  ·  epochs redone: {s['epochs_redone']}  ·  restarts: {s['restarts']}")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

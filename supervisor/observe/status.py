@@ -1,0 +1,55 @@
+"""`nnunet-supervise status`: what a person (or a script, with --json) wants to know about a run, read from its
+run directory only (works while it runs, after it ended, and without the lock)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from supervisor.checkpoints.meta import CheckpointError, read_meta
+from supervisor.core.classify import NOT_FAILURES
+from supervisor.layout import RunLayout
+from supervisor.observe.progress import checkpoint_age_s, eta_s, num_epochs
+from supervisor.rundir.eventlog import read_events
+from supervisor.rundir.statefile import StateStore
+
+
+def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    state = StateStore(layout.state_file).load()
+    events = list(read_events(layout.events_file))
+    total = state.get("num_epochs") or num_epochs(layout.fold_dir)
+    epoch = state.get("epoch")
+    ckpt_epochs = []
+    for path in layout.existing_checkpoints():  # final, latest, best: the newest epoch among them
+        try:
+            ckpt_epochs.append(read_meta(path).current_epoch)
+        except CheckpointError:
+            continue
+    ckpt_epoch = max((e for e in ckpt_epochs if e is not None), default=None)
+    eta = eta_s(epoch, total, state.get("epoch_times") or []) if live else None
+    failures = [e for e in events if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
+    last_failure = ({k: failures[-1].get(k) for k in ("ts", "attempt", "classification", "retryable", "summary")}
+                    if failures else None)
+    gpu = next((e for e in reversed(events) if e["event"] in ("gpu_fault", "gpu_health")), None)
+    age = checkpoint_age_s(layout.fold_dir, now)
+    return {
+        "state": state.get("state", "never run"),
+        "supervisor_alive": live,
+        "epoch": epoch,
+        "num_epochs": total,
+        "attempt": state.get("attempt", 0),
+        "restarts": state.get("restarts", 0),
+        "best_epoch": state.get("best_epoch"),
+        "last_checkpoint_epoch": ckpt_epoch,
+        "last_checkpoint_age_s": None if age is None else round(age, 1),
+        "eta_s": None if eta is None else round(eta, 1),
+        "pid": state.get("pid") if live else None,
+        "last_failure": last_failure,
+        "last_exit": state.get("last_exit"),
+        "gpu": gpu,
+        "finished": layout.is_finished(),
+        "checkpoints": [p.name for p in layout.existing_checkpoints()],
+        "run_dir": str(layout.supervisor_dir),
+        "last_event": events[-1] if events else None,
+    }

@@ -1,0 +1,24 @@
+"""What the supervisor and the trainer-side shim agree on: environment variables, exit codes, the log prefix.
+
+Both sides import this module; it imports nothing but the exit codes, so loading it inside nnU-Net's process
+pulls in nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+from supervisor.errors import ExitCode
+
+# Set by the supervisor in the trainer's environment.
+ATTEMPT_VAR = "NNUNET_SUPERVISE_ATTEMPT"  # 1, 2, ... (the contract)
+MARKER_VAR = "NNUNET_SUPERVISE_RUN"  # the fold folder: finds every process of one run's tree, even re-parented ones
+HEARTBEAT_VAR = "NNUNET_SUPERVISE_HEARTBEAT"  # cooperative mode: where the trainer writes its heartbeat
+SAVE_EVERY_EPOCHS_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_EPOCHS"
+SAVE_EVERY_S_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_S"
+
+# How the cooperative trainer ends when it is not finished.
+EXIT_STOPPED = ExitCode.STOPPED  # saved on request at an epoch end; resumable
+EXIT_DISK_FULL = ExitCode.DISK_FULL  # a save failed for lack of space; the previous checkpoint is intact
+
+# The shim's lines in the attempt log start with this; the supervisor's exit classification reads them.
+MARK = "nnunet-supervise:"
+DISK_FULL_LINE = f"{MARK} disk full"

@@ -1,0 +1,223 @@
+"""The cooperative shim's behaviour, on a stand-in trainer that follows nnU-Net's method protocol (no torch).
+
+The real thing (nnU-Net on CPU, SIGKILLs and stop requests) is in tests/integration/test_cooperative.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.trainer import cooperative as cooperative
+from supervisor.trainer.cooperative import EXIT_DISK_FULL, EXIT_STOPPED, Cooperation, Settings, atomic_save
+
+
+class Exited(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class StandIn:
+    """nnU-Net's epoch protocol: on_epoch_end saves every `save_every` and increments current_epoch;
+    save_checkpoint records current_epoch + 1 (as nnU-Net does)."""
+
+    def __init__(self, folder: Path, num_epochs: int = 10, save_every: int = 50) -> None:
+        self.output_folder, self.num_epochs, self.save_every = str(folder), num_epochs, save_every
+        self.current_epoch = 0
+        self.saves: list[tuple[str, int]] = []
+        self.fail_with: BaseException | None = None
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.fail_with is not None:
+            Path(filename).write_bytes(b"half")
+            raise self.fail_with
+        Path(filename).write_text(json.dumps({"current_epoch": self.current_epoch + 1}))
+        name = Path(filename).name.split(cooperative.TMP_INFIX)[0].removeprefix(cooperative.TMP_PREFIX)
+        self.saves.append((name, self.current_epoch + 1))  # the file it stands for, not the temporary
+
+    def on_epoch_start(self) -> None: ...
+
+    def on_epoch_end(self) -> None:
+        if (self.current_epoch + 1) % self.save_every == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        self.current_epoch += 1
+
+    def on_train_end(self) -> None:
+        self.current_epoch -= 1
+        self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_final.pth"))
+        self.current_epoch += 1
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        return {"loss": 1.0}
+
+    def validation_step(self, batch: Any) -> dict[str, float]:
+        return {"loss": 1.0}
+
+    def epoch(self, iterations: int = 3) -> None:
+        self.on_epoch_start()
+        for _ in range(iterations):
+            self.train_step(None)
+        self.validation_step(None)
+        self.on_epoch_end()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def raise_exit(code: int) -> None:
+    raise Exited(code)
+
+
+@pytest.fixture
+def restore_signals() -> Any:
+    saved = {sig: signal.getsignal(sig) for sig in cooperative.STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def cooperate(tmp_path: Path, **settings: Any) -> tuple[StandIn, Cooperation, Clock]:
+    trainer, clock = StandIn(tmp_path), Clock()
+    settings.setdefault("exit_grace_s", 3600.0)
+    coop = Cooperation(trainer, Settings(**settings), clock=clock, exit=raise_exit)
+    coop.install()
+    return trainer, coop, clock
+
+
+def latest(tmp_path: Path) -> int:
+    return int(json.loads((tmp_path / "checkpoint_latest.pth").read_text())["current_epoch"])
+
+
+def test_latest_is_saved_every_epoch_despite_the_trainers_sparse_save_every(tmp_path: Path,
+                                                                          restore_signals: None) -> None:
+    trainer, _, _ = cooperate(tmp_path, save_every_epochs=1)
+    for n in range(1, 4):
+        trainer.epoch()
+        assert latest(tmp_path) == n  # epochs completed, exactly what nnU-Net's own save would store
+    assert [s for s in trainer.saves if s[0] == "checkpoint_latest.pth"] == [("checkpoint_latest.pth", n)
+                                                                             for n in (1, 2, 3)]
+
+
+def test_saving_every_n_epochs_or_seconds(tmp_path: Path, restore_signals: None) -> None:
+    trainer, _, clock = cooperate(tmp_path, save_every_epochs=None, save_every_s=100.0)
+    trainer.epoch()
+    assert not (tmp_path / "checkpoint_latest.pth").exists()
+    clock.t += 100
+    trainer.epoch()
+    assert latest(tmp_path) == 2
+
+
+def test_no_double_save_when_the_trainer_saved_latest_itself(tmp_path: Path, restore_signals: None) -> None:
+    trainer, _, _ = cooperate(tmp_path, save_every_epochs=1)
+    trainer.save_every = 1
+    trainer.epoch()
+    assert trainer.saves == [("checkpoint_latest.pth", 1)]
+
+
+def test_the_last_epoch_leaves_the_save_to_checkpoint_final(tmp_path: Path, restore_signals: None) -> None:
+    trainer, _, _ = cooperate(tmp_path)
+    trainer.num_epochs = 2
+    trainer.epoch()
+    trainer.epoch()
+    assert latest(tmp_path) == 1
+
+
+def test_a_stop_request_saves_at_the_epoch_end_and_exits_75(tmp_path: Path, restore_signals: None) -> None:
+    trainer, coop, _ = cooperate(tmp_path, save_every_epochs=10)
+    trainer.epoch()
+    trainer.on_epoch_start()
+    os.kill(os.getpid(), signal.SIGUSR1)  # the handler only flags it: the epoch goes on
+    assert coop.stop_requested == "SIGUSR1"
+    trainer.train_step(None)
+    with pytest.raises(Exited) as exited:
+        trainer.on_epoch_end()
+    assert exited.value.code == EXIT_STOPPED
+    assert latest(tmp_path) == 2  # both completed epochs kept
+
+
+def test_a_stop_request_before_training_or_during_validation_exits_at_once(tmp_path: Path,
+                                                                          restore_signals: None) -> None:
+    _, coop, _ = cooperate(tmp_path)
+    with pytest.raises(Exited) as exited:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert exited.value.code == EXIT_STOPPED and coop.phase == "startup"
+    trainer, coop, _ = cooperate(tmp_path)
+    trainer.num_epochs = 1
+    trainer.epoch()
+    trainer.on_train_end()
+    assert coop.phase == "validation" and (tmp_path / "checkpoint_final.pth").exists()
+    with pytest.raises(Exited):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_saves_are_atomic_a_failed_save_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint_latest.pth"
+    target.write_text("old")
+
+    def broken(path: str) -> None:
+        Path(path).write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save(broken, target)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["checkpoint_latest.pth"]
+    atomic_save(lambda path: Path(path).write_text("new"), target)
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["checkpoint_latest.pth"]
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 123 vs 45"),
+                                   RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")])
+def test_a_full_disk_keeps_the_old_checkpoint_and_exits_74(tmp_path: Path, restore_signals: None,
+                                                           error: BaseException, capsys: Any) -> None:
+    trainer, _, _ = cooperate(tmp_path)
+    trainer.epoch()
+    trainer.fail_with = error
+    with pytest.raises(Exited) as exited:
+        trainer.epoch()
+    assert exited.value.code == EXIT_DISK_FULL
+    assert latest(tmp_path) == 1 and sorted(os.listdir(tmp_path)) == ["checkpoint_latest.pth"]
+    assert "nnunet-supervise: disk full" in capsys.readouterr().out
+
+
+def test_the_heartbeat_is_written_at_most_once_a_second_with_the_longest_gap(tmp_path: Path,
+                                                                             restore_signals: None) -> None:
+    beat = tmp_path / "heartbeat.json"
+    trainer, _, clock = cooperate(tmp_path, heartbeat=beat)
+    trainer.on_epoch_start()
+    first = json.loads(beat.read_text())
+    assert first["phase"] == "training" and first["epoch"] == 0
+    stamp = beat.stat().st_mtime_ns
+    clock.t += 0.2
+    trainer.train_step(None)
+    assert beat.stat().st_mtime_ns == stamp  # too soon: no write
+    clock.t += 5
+    trainer.train_step(None)
+    now = json.loads(beat.read_text())
+    assert now["iteration"] == 2 and now["max_gap_s"] == pytest.approx(5.0)
+
+
+def test_half_written_temporaries_of_a_killed_save_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".checkpoint_latest.pth.tmp-999999"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "checkpoint_latest.pth"
+    keep.write_bytes(b"whole")
+    assert cooperative.remove_stale_temps(tmp_path) == [stale]
+    assert not stale.exists() and keep.exists()
+
+
+def test_settings_come_from_the_supervisors_environment(tmp_path: Path) -> None:
+    s = Settings.from_env({cooperative.SAVE_EVERY_EPOCHS_VAR: "0", cooperative.SAVE_EVERY_S_VAR: "900.0",
+                           cooperative.HEARTBEAT_VAR: str(tmp_path / "hb.json")})
+    assert s.save_every_epochs is None and s.save_every_s == 900.0 and s.heartbeat == tmp_path / "hb.json"
