@@ -9,7 +9,6 @@ Trains the demo dataset (10 epochs) under the supervisor, cooperative mode on, a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,8 +19,7 @@ from pathlib import Path
 import psutil
 
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
-
-TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
+from supervisor.demo.runyaml import write_demo_config
 
 
 def main() -> None:
@@ -30,13 +28,7 @@ def main() -> None:
     results = root / "results_footprint"
     shutil.rmtree(results, ignore_errors=True)
     config = root / "footprint.yaml"
-    config.write_text(json.dumps({
-        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": "nnUNetTrainer_Demo",
-                   "device": "cpu", "trainer_paths": [str(TRAINERS)],
-                   "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
-        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)},
-        "cooperative": {"enabled": True},
-    }))
+    write_demo_config(config, raw, pre, results, cooperative={"enabled": True})
     fold = results / DATASET_NAME / "nnUNetTrainer_Demo__nnUNetPlans__3d_fullres" / "fold_0"
     sup = subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

@@ -17,7 +17,6 @@ variant, whether the run finished, the wall time, epochs redone, and fault-free 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,8 +30,9 @@ from typing import Any
 import psutil
 
 from supervisor.demo.dataset import DATASET_NAME, make_dataset, nnunet_env
+from supervisor.demo.runyaml import TRAINERS, write_demo_config
+from supervisor.rundir.statefile import StateStore
 
-TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
 TRAINER = "nnUNetTrainer_Demo"
 SCHEDULE = {2: "kill", 4: "truncate+kill", 6: "sigterm+restart", 8: "hang"}
 
@@ -54,11 +54,8 @@ def log_epochs(fold: Path) -> tuple[int, int]:
 def trainer_pid(v: Variant, proc: subprocess.Popen[bytes]) -> int | None:
     """The trainer's main process: the supervisor names it in state.json; the bash loop's is its child."""
     if v.name.startswith("supervisor"):
-        try:
-            pid = json.loads((v.fold / "supervisor" / "state.json").read_text()).get("pid")
-            return int(pid) if pid else None
-        except (OSError, ValueError):
-            return None
+        pid = StateStore(v.fold / "supervisor" / "state.json").load().get("pid")
+        return pid if isinstance(pid, int) else None
     try:
         kids = psutil.Process(proc.pid).children()
     except psutil.Error:
@@ -83,14 +80,9 @@ class Variant:
         self.env = {**nnunet_env(raw, pre, self.results), "nnUNet_extTrainer": str(TRAINERS),
                     "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}
         self.config = root / f"goodput_{name}.yaml"
-        self.config.write_text(json.dumps({
-            "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": TRAINER, "device": "cpu",
-                       "trainer_paths": [str(TRAINERS)], "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
-            "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(self.results)},
-            "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
-            "heartbeat": {"stall_timeout_s": "auto", "stall_floor_s": 1},
-            "cooperative": {"enabled": True},
-        }))
+        write_demo_config(self.config, raw, pre, self.results, nnunet={"trainer": TRAINER},
+                          restart={"backoff_initial_s": 1, "backoff_max_s": 5},
+                          heartbeat={"stall_timeout_s": "auto", "stall_floor_s": 1}, cooperative={"enabled": True})
 
     def start(self) -> subprocess.Popen[bytes]:
         if self.name.startswith("supervisor"):
@@ -110,8 +102,12 @@ def run(v: Variant, faults: bool, cap_s: float) -> dict[str, Any]:
     proc = v.start()
     pending = dict(SCHEDULE) if faults else {}
     applied: list[str] = []
+    gap = 0.0  # the supervisor's longest main-loop gap (state.json), across its restarts
     try:
         while time.monotonic() - t0 < cap_s:
+            if not v.name.startswith("bash"):
+                seen = StateStore(v.fold / "supervisor" / "state.json").load().get("main_loop_max_gap_s")
+                gap = max(gap, seen if isinstance(seen, (int, float)) else 0.0)
             if proc.poll() is not None and not v.name.startswith("bash"):
                 break  # the supervisor exited (finished or gave up)
             if v.name.startswith("bash") and v.finished() and proc.poll() is not None:
@@ -152,8 +148,11 @@ def run(v: Variant, faults: bool, cap_s: float) -> dict[str, Any]:
                 pass
         kill_everything(v.results)
     _, done = log_epochs(v.fold)
+    if not v.name.startswith("bash"):
+        seen = StateStore(v.fold / "supervisor" / "state.json").load().get("main_loop_max_gap_s")
+        gap = max(gap, seen if isinstance(seen, (int, float)) else 0.0)
     return {"finished": v.finished(), "wall_s": time.monotonic() - t0, "completed_epochs": done,
-            "redone": max(0, done - 10) if v.finished() else None, "faults": applied}
+            "redone": max(0, done - 10) if v.finished() else None, "faults": applied, "loop_gap_s": gap}
 
 
 def main() -> None:
@@ -170,6 +169,9 @@ def main() -> None:
     for key, r in rows.items():
         redone = "-" if r["redone"] is None else str(r["redone"])
         print(f"{key:>18} {r['finished']!s:>9} {r['wall_s']:9.1f} {redone:>14}  {', '.join(r['faults']) or '-'}")
+    print(f"supervisor: longest gap between two main-loop iterations {rows['supervisor_faults']['loop_gap_s']:.1f} s "
+          f"under faults (verification, quarantine, stack dump, relaunches), {rows['supervisor']['loop_gap_s']:.1f} s "
+          "without (the unit's WatchdogSec is 60)")
     for name in ("supervisor", "bash"):
         clean, faulty = rows[name], rows[f"{name}_faults"]
         ratio = clean["wall_s"] / faulty["wall_s"]

@@ -11,7 +11,6 @@ beside the run's median epoch time (target: <= 3x).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -27,22 +26,18 @@ import psutil
 
 from supervisor.daemon.process import stop_tree
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
-
-TRAINERS = Path(__file__).resolve().parents[1] / "supervisor" / "demo" / "trainers"
+from supervisor.demo.runyaml import write_demo_config
+from supervisor.rundir.eventlog import read_events
+from supervisor.rundir.statefile import StateStore
 
 
 def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
     results = root / f"results_hang_{n}"
     shutil.rmtree(results, ignore_errors=True)  # a finished earlier round would end this one at once
     config = root / f"hang_{n}.yaml"
-    config.write_text(json.dumps({
-        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": "nnUNetTrainer_Demo",
-                   "device": "cpu", "trainer_paths": [str(TRAINERS)],
-                   "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
-        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)},
-        "restart": {"backoff_initial_s": 1, "backoff_max_s": 1, "max_restarts": 0},
-        "heartbeat": {"stall_timeout_s": "auto", "stall_floor_s": 1},
-    }))
+    write_demo_config(config, raw, pre, results,
+                      restart={"backoff_initial_s": 1, "backoff_max_s": 1, "max_restarts": 0},
+                      heartbeat={"stall_timeout_s": "auto", "stall_floor_s": 1})
     fold = results / DATASET_NAME / "nnUNetTrainer_Demo__nnUNetPlans__3d_fullres" / "fold_0"
     state_file, events_file = fold / "supervisor" / "state.json", fold / "supervisor" / "events.jsonl"
     sup = subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config)], stdout=subprocess.DEVNULL,
@@ -50,11 +45,7 @@ def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
     daemon = psutil.Process(sup.pid)
 
     def state() -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(state_file.read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
+        return StateStore(state_file).load()
 
     def reach(epoch: int) -> None:
         deadline = time.monotonic() + 300
@@ -76,7 +67,7 @@ def one_round(root: Path, raw: Path, pre: Path, n: int) -> dict[str, Any]:
         if sup.poll() is None:
             sup.kill()
         stop_tree(None, str(fold), grace_s=0)  # the run's whole tree, by its marker: nothing survives
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    events = list(read_events(events_file))
     stall = next(e for e in events if e["event"] == "stall")
     times = state().get("epoch_times") or []
     busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)

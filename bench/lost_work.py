@@ -14,7 +14,6 @@ the overhead of saving every epoch, as a ratio to plain.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -30,6 +29,8 @@ from typing import Any
 
 from supervisor.daemon.process import stop_tree
 from supervisor.demo.dataset import DATASET_NAME, make_dataset
+from supervisor.demo.runyaml import write_demo_config
+from supervisor.rundir.statefile import StateStore
 
 SPARSE = Path(__file__).resolve().parents[1] / "tests" / "trainers"
 PLATEAU = Path(__file__).resolve().parent / "trainers"
@@ -41,16 +42,12 @@ def configure(root: Path, raw: Path, pre: Path, name: str, cooperative: bool,
     results = root / f"results_{name}"
     shutil.rmtree(results, ignore_errors=True)
     config = root / f"{name}.yaml"
-    config.write_text(json.dumps({
-        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": trainer, "device": "cpu",
-                   "trainer_paths": [str(SPARSE), str(PLATEAU)],
-                   "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
-        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(results)},
-        "restart": {"backoff_initial_s": 1, "backoff_max_s": 1},
-        "cooperative": {"enabled": cooperative, "save_every_epochs": 1},
-        # a kill that leaves nothing resumable then costs every epoch, rather than ending the round
-        "checkpoint": {"allow_fresh_start": True},
-    }))
+    write_demo_config(config, raw, pre, results,
+                      nnunet={"trainer": trainer, "trainer_paths": [str(SPARSE), str(PLATEAU)]},
+                      restart={"backoff_initial_s": 1, "backoff_max_s": 1},
+                      cooperative={"enabled": cooperative, "save_every_epochs": 1},
+                      # a kill that leaves nothing resumable then costs every epoch, rather than ending the round
+                      checkpoint={"allow_fresh_start": True})
     return config, results / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
 
 
@@ -92,7 +89,7 @@ def kill_round(root: Path, raw: Path, pre: Path, name: str, cooperative: bool, t
         target = random.randint(2, 5)
         wait(lambda: bool(logs(fold)) and completed(logs(fold)[0]) >= target, 300, f"epoch {target}")
         time.sleep(random.uniform(0.0, 3.0))
-        state = json.loads((fold / "supervisor" / "state.json").read_text())
+        state = StateStore(fold / "supervisor" / "state.json").load()
         os.kill(state["pid"], signal.SIGKILL)
         done = completed(logs(fold)[0])
         wait(lambda: len(logs(fold)) >= 2 and bool(started_epochs(logs(fold)[1])), 300, "the resumed attempt")

@@ -6,4 +6,5 @@ bash scripts/install.sh
 bash scripts/system-deps.sh
 .venv/bin/ruff check supervisor tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest -q "$@"

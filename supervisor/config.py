@@ -293,9 +293,14 @@ def parse_config(data: Any, source: str = "config") -> Config:
 def load_config(path: Path) -> Config:
     """Read and validate run.yaml."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason}); save the file "
+                           "as UTF-8 (YAML's encoding)"], str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -30,9 +30,12 @@ class RunContext:
         if fold is not None:
             cfg = cfg.model_copy(update={"nnunet": cfg.nnunet.model_copy(update={"fold": parse_fold(fold)})})
         base = config_path.parent
-        paths = resolve_paths(cfg, base)
-        roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
-        name = resolve_dataset_name(cfg.nnunet.dataset, roots)
+        try:
+            paths = resolve_paths(cfg, base)
+            roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
+            name = resolve_dataset_name(cfg.nnunet.dataset, roots)
+        except ConfigError as exc:  # found after loading: still this file's problem, named by its path
+            raise ConfigError(exc.problems, str(config_path)) from None
         nn = cfg.nnunet
         layout = RunLayout(paths.results, name, nn.trainer, nn.plans, nn.configuration, nn.fold)
         return cls(config_path, cfg, paths, name, layout, trainer_paths(cfg, base))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Any
 import pytest
 
 from supervisor.context import RunContext
-from supervisor.daemon.process import TrainerProcess
+from supervisor.daemon.process import ProcessOps, TrainerProcess
 from supervisor.demo.dataset import make_dataset
+from supervisor.demo.runyaml import TRAINERS as DEMO_TRAINERS
+from supervisor.demo.runyaml import write_demo_config
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_TRAINERS = REPO / "supervisor" / "demo" / "trainers"
 
 
 # ---- a fake trainer for the runner's real-process tests ----
@@ -53,6 +55,102 @@ def fake_spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Tr
     return TrainerProcess.spawn([sys.executable, str(FAKE), *argv[3 if shim else 1:]], env, log, cwd)
 
 
+# ---- the OS behind the runner, faked: no process at all ----
+
+class FakeTrainer:
+    """A trainer that exists only in memory. Its files are written when it is spawned; it has then exited with
+    its plan's status, or (a hang, a cooperative trainer) it runs until it is signalled."""
+
+    def __init__(self, pid: int, returncode: int | None, cooperative: bool, log: list[str]) -> None:
+        self.pid, self.create_time = pid, 1.0
+        self.returncode, self.cooperative, self.log = returncode, cooperative, log
+        self._exited = threading.Event()
+        if returncode is not None:
+            self._exited.set()
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        return self.returncode if self._exited.wait(timeout_s) else None
+
+    def _end(self, returncode: int) -> None:
+        if not self._exited.is_set():
+            self.returncode = returncode
+            self._exited.set()
+
+    def terminate(self) -> None:
+        self.log.append(f"SIGTERM {self.pid}")
+        self._end(-15)
+
+    def request_save(self) -> None:
+        self.log.append(f"SIGUSR1 {self.pid}")
+        if self.cooperative:
+            self._end(75)
+
+    def kill(self) -> None:
+        self.log.append(f"SIGKILL {self.pid}")
+        self._end(-9)
+
+    def stop_leftovers(self, grace_s: float) -> list[int]:
+        return []
+
+
+class FakeOps(ProcessOps):
+    """ProcessOps without processes: each spawn plays the next attempt of `plan` (as tests/fake_trainer.py does)."""
+
+    def __init__(self, plan: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.trainers: list[FakeTrainer] = []
+        self.log: list[str] = []  # spawns, signals and stack dumps, in the order they happened
+
+    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> FakeTrainer:
+        from tests.fake_trainer import write_progress
+
+        attempt = int(env["NNUNET_SUPERVISE_ATTEMPT"])
+        step = self.plan[attempt - 1]
+        cwd.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.write("\n".join(write_progress(step, cwd, attempt)) + "\n")
+        outcome = step["outcome"]
+        codes = {"finish": 0, "crash": 1, "incompatible": 1, "disk_full": 74, "hang": None, "linger": None,
+                 "cooperate": None}
+        trainer = FakeTrainer(1000 + attempt, codes[outcome] if outcome in codes else int(outcome),
+                              outcome == "cooperate", self.log)
+        self.log.append(f"spawn {trainer.pid} {' '.join(argv[1:])}")
+        self.trainers.append(trainer)
+        return trainer
+
+    def tree(self, marker: str) -> list[int]:
+        return [t.pid for t in self.trainers if t.wait(0) is None]
+
+    def stop_tree(self, marker: str, grace_s: float, pgid: int | None = None) -> list[int]:
+        alive = [t for t in self.trainers if t.wait(0) is None]
+        for t in alive:
+            t.kill()
+        return [t.pid for t in alive]
+
+    def become_subreaper(self) -> bool:
+        return True
+
+    def state(self, pid: int) -> str:
+        return "S"
+
+    def dump_stacks(self, pids: list[int], out: Path) -> str:
+        out.write_text("".join(f"## pid {pid}\n  hung_here (fake_trainer.py)\n" for pid in pids))
+        self.log.append(f"dump {pids}")
+        return f"stack dump of {len(pids)}/{len(pids)} process(es) in {out}"
+
+
+class FakeClock:
+    """Monotonic time that moves on by `step` at every look: deadlines arrive without anyone sleeping."""
+
+    def __init__(self, step: float = 0.25) -> None:
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(nnUNet_raw, nnUNet_preprocessed) with Dataset901_Tiny planned and preprocessed for 3d_fullres.
@@ -71,20 +169,10 @@ def write_config(tmp_path: Path, tiny_dataset: tuple[Path, Path]) -> Callable[..
 
     def write(**sections: Any) -> Path:
         raw, pre = tiny_dataset
-        cfg: dict[str, Any] = {
-            "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "trainer": "nnUNetTrainer_Demo",
-                       "device": "cpu", "trainer_paths": [str(DEMO_TRAINERS)],
-                       "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
-            "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
-                      "nnUNet_results": str(tmp_path / "results")},
-            "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
-            "process": {"stop_grace_s": 20},
-        }
+        defaults = {"restart": {"backoff_initial_s": 1, "backoff_max_s": 5}, "process": {"stop_grace_s": 20}}
         for key, value in sections.items():
-            cfg[key] = {**cfg.get(key, {}), **value}
-        path = tmp_path / "run.yaml"
-        path.write_text(json.dumps(cfg, indent=2))
-        return path
+            defaults[key] = {**defaults.get(key, {}), **value}
+        return write_demo_config(tmp_path / "run.yaml", raw, pre, tmp_path / "results", **defaults)
 
     return write
 
@@ -108,11 +196,9 @@ def supervise(config: Path, *args: str, log: Path | None = None,
 
 def state_of(ctx: Any) -> dict[str, Any]:
     """The run's state.json ({} while it does not exist or is being replaced)."""
-    try:
-        data: dict[str, Any] = json.loads(ctx.layout.state_file.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
+    from supervisor.rundir.statefile import StateStore
+
+    return StateStore(ctx.layout.state_file).load()
 
 
 def events_of(ctx: Any) -> list[dict[str, Any]]:

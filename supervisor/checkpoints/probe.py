@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.checkpoints.fingerprint import network_fingerprint
+from supervisor.trainer.protocol import RESULT_PREFIX
 
-RESULT_PREFIX = "NNUNET_SUPERVISE_RESULT "
 REQUIRED_KEYS = ("network_weights", "optimizer_state", "current_epoch", "init_args", "trainer_name", "logging",
                  "_best_ema")
 MAX_EPOCH = 1_000_000

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.checkpoints.fingerprint import network_fingerprint
-from supervisor.checkpoints.probe import RESULT_PREFIX
 from supervisor.checkpoints.structure import verify_structure
 from supervisor.checkpoints.verdict import Verdict
 from supervisor.context import RunContext
 from supervisor.errors import SupervisorError
+from supervisor.trainer.protocol import RESULT_PREFIX
 
 __all__ = ["ProbeError", "Verdict", "VerdictCache", "expectations", "network_request", "probe", "structure_verdict",
            "verify_all"]

@@ -37,6 +37,7 @@ class Facts:
     started_ts: float
     slurm_job_id: str | None
     main_loop_max_gap_s: float
+    verified_ahead: list[dict[str, Any]]
 
 
 def state_document(s: LoopState, f: Facts, now: float) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def state_document(s: LoopState, f: Facts, now: float) -> dict[str, Any]:
         "num_epochs": f.num_epochs,
         "slurm_job_id": f.slurm_job_id,
         "main_loop_max_gap_s": round(f.main_loop_max_gap_s, 1),
+        "verified_ahead": f.verified_ahead,
     }
 
 

@@ -101,13 +101,20 @@ class _Wake:
 
 
 @dataclass(frozen=True)
+class _VerifiedAhead:
+    """From the ahead verifier's thread: verdicts on checkpoints the trainer just wrote (and their cache is filled)."""
+
+    verdicts: list[Verdict]
+
+
+@dataclass(frozen=True)
 class _GpuReport:
     """From the GPU monitor's thread: a GpuFault or a changed GpuHealth."""
 
     report: GpuFault | GpuHealth
 
 
-QueueItem = Union[Event, _MainExited, _ChildGone, _Wake, _GpuReport, JobDone]
+QueueItem = Union[Event, _MainExited, _ChildGone, _Wake, _GpuReport, _VerifiedAhead, JobDone]
 
 
 class Runner:
@@ -140,7 +147,8 @@ class Runner:
         self.checker = prepare.Checker(expectations(ctx),
                                        network_request(ctx, cache=self.layout.supervisor_dir / "network-shapes.json"),
                                        build_env(ctx, attempt=0), VerdictCache())
-        self.ahead = AheadVerifier(lambda paths: self.checker.verify(paths, nice=True))
+        self.ahead = AheadVerifier(self._verify_ahead)
+        self.verified_ahead: list[dict[str, Any]] = []  # the newest ahead verdicts, for state.json
         self.memory = prepare.Memory()
         self.gpu: GpuMonitor | None = None
         self.proc: Trainer | None = None
@@ -291,6 +299,9 @@ class Runner:
             return [abort] if abort is not None else [Tick()]
         if isinstance(item, JobDone):
             return [self._job_done(item)]
+        if isinstance(item, _VerifiedAhead):
+            self._verified(item.verdicts)
+            return [Tick()]
         if isinstance(item, StopRequested) and self.ctx.config.cooperative.enabled and self.proc is not None:
             return [replace(item, save_timeout_s=save_timeout_s(self.ctx.config.cooperative.stop_timeout_s,
                                                                 self.sensors.recent_epoch_times()))]
@@ -442,6 +453,21 @@ class Runner:
 
     # ---- checkpoints before a launch ----
 
+    def _verify_ahead(self, paths: list[Path]) -> None:
+        """In the ahead verifier's thread: verify (which fills the cache) and tell the main loop."""
+        verdicts, _ = self.checker.verify(paths, nice=True)
+        self.queue.put(_VerifiedAhead(verdicts))
+
+    def _verified(self, verdicts: list[Verdict]) -> None:
+        for v in verdicts:
+            # An early word about a whole file that cannot be resumed (NaN weights, a network that does not fit);
+            # the relaunch quarantines or stops on it, as for any checkpoint. A torn zip is left unsaid: plain
+            # nnU-Net rewrites checkpoints in place, so one may still be being written.
+            if v.structure_ok and not v.ok:
+                log.warning("checkpoint %s as just written is not usable for a resume: %s", v.path, v.reason())
+        self.verified_ahead = [{"path": v.path, "epoch": v.epoch, "ok": v.ok} for v in verdicts]
+        self._persist(self._last_state)
+
     def _start_verifying(self) -> None:
         """Verify in the background while the backoff runs; the launch job collects the result."""
         box: list[tuple[list[Verdict], ResumePlan]] = []
@@ -540,6 +566,6 @@ class Runner:
             attempt_status=sensors.attempt_status(self.clock()) if proc else None, memory=self.memory,
             max_restarts=self.decider.policy.max_restarts, fold_dir=str(self.layout.fold_dir),
             config=str(self.ctx.config_path), started_ts=self._started_ts, slurm_job_id=self._slurm_job,
-            main_loop_max_gap_s=self.main_loop_max_gap_s)
+            main_loop_max_gap_s=self.main_loop_max_gap_s, verified_ahead=self.verified_ahead)
         self.publisher.publish(s, facts, self.clock(), self.wall())
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,45 +17,22 @@ from typing import Any
 from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
 from supervisor.daemon.traininglog import read_progress
-from supervisor.demo.dataset import DATASET_NAME, make_dataset
+from supervisor.demo.dataset import make_dataset
+from supervisor.demo.runyaml import write_demo_config
 from supervisor.rundir.eventlog import read_events
+from supervisor.rundir.statefile import StateStore
 
-TRAINERS = Path(__file__).resolve().parent / "trainers"
 KILL_AT_EPOCH = 5
+COMMENT = """A supervised nnU-Net training of the tiny demo dataset on the CPU: the demo trainer trains
+10 epochs of 5 iterations and saves a checkpoint every 2nd epoch."""
 
 
 def say(msg: str) -> None:
     print(f"\n=== demo: {msg}", flush=True)
 
 
-def write_config(root: Path, raw: Path, pre: Path, results: Path) -> Path:
-    config = root / "run.yaml"
-    config.write_text(f"""\
-# A supervised nnU-Net training of the tiny demo dataset on the CPU.
-nnunet:
-  dataset: {DATASET_NAME}
-  configuration: 3d_fullres
-  fold: 0
-  trainer: nnUNetTrainer_Demo      # 10 epochs of 5 iterations, checkpoint every 2nd epoch
-  device: cpu
-  trainer_paths: [{TRAINERS}]
-  env: {{nnUNet_n_proc_DA: "1", nnUNet_def_n_proc: "1"}}
-paths:
-  nnUNet_raw: {raw}
-  nnUNet_preprocessed: {pre}
-  nnUNet_results: {results}
-restart:
-  backoff_initial_s: 2
-""")
-    return config
-
-
 def state(ctx: RunContext) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(ctx.layout.state_file.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
+    return StateStore(ctx.layout.state_file).load()
 
 
 def main() -> int:
@@ -66,7 +42,8 @@ def main() -> int:
     raw, pre, _ = make_dataset(root)
     results = root / "demo_results"
     shutil.rmtree(results, ignore_errors=True)  # the demo's own results: start every demo from scratch
-    config = write_config(root, raw, pre, results)
+    config = write_demo_config(root / "run.yaml", raw, pre, results, restart={"backoff_initial_s": 2},
+                               comment=COMMENT)
     ctx = RunContext.load(config)
     say(f"supervising: nnunet-supervise run {config}")
     sup = subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config)], stdin=subprocess.DEVNULL)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-RESULT_PREFIX = "NNUNET_SUPERVISE_RESULT "
+from supervisor.trainer.protocol import RESULT_PREFIX
 
 
 def _lookup(name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What the supervisor and the trainer-side shim agree on: environment variables, exit codes, the log prefix.
+"""What the supervisor and the processes it starts agree on: environment variables, exit codes, line prefixes.
 
 Both sides import this module; it imports nothing but the exit codes, so loading it inside nnU-Net's process
 pulls in nothing of the daemon.
@@ -18,6 +18,9 @@ SAVE_EVERY_S_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_S"
 # How the cooperative trainer ends when it is not finished.
 EXIT_STOPPED = ExitCode.STOPPED  # saved on request at an epoch end; resumable
 EXIT_DISK_FULL = ExitCode.DISK_FULL  # a save failed for lack of space; the previous checkpoint is intact
+
+# The short-lived helper processes (checkpoint probe, trainer lookup) answer with one line that starts with this.
+RESULT_PREFIX = "NNUNET_SUPERVISE_RESULT "
 
 # The shim's lines in the attempt log start with this; the supervisor's exit classification reads them.
 MARK = "nnunet-supervise:"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from supervisor.cli import main
@@ -73,17 +74,20 @@ def test_status_json_reads_the_run_directory(tmp_path: Path) -> None:
     assert "state      backoff" in text.output and "killed_by_signal" in text.output
 
 
+@pytest.mark.process
 def test_python_dash_m_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "supervisor", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "nnunet-supervise" in out.stdout
 
 
+@pytest.mark.process
 def test_daemon_modules_do_not_import_torch() -> None:
     code = ("import sys, supervisor.cli, supervisor.daemon.runner, supervisor.preflight; "
             "sys.exit(1 if {'torch', 'prometheus_client', 'apprise', 'rich'} & set(sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+@pytest.mark.process
 def test_verify_says_usable_or_why_not_with_exit_0_or_1(tmp_path: Path) -> None:
     import torch
 

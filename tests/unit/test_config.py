@@ -443,3 +443,27 @@ def test_explicit_environ_replaces_the_process_environment(tmp_path: Path, monke
 def test_trainer_paths_are_made_absolute(tmp_path: Path) -> None:
     cfg = parse_config(minimal(trainer_paths=["trainers", "/opt/trainers"]))
     assert trainer_paths(cfg, tmp_path) == [(tmp_path / "trainers").resolve(), Path("/opt/trainers")]
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"nnunet:\n  dataset: 4\n  configuration: 2d  # \xff\xfe\x00\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.source == str(path) and info.value.exit_code == 2
+    assert info.value.problems == ["not UTF-8 text: byte 44 is 0xff (invalid start byte); save the file as UTF-8 "
+                                   "(YAML's encoding)"]
+
+
+def test_a_problem_found_after_loading_is_headed_by_the_files_path(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.context import RunContext
+
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    path = tmp_path / "run.yaml"
+    path.write_text(f"nnunet: {{dataset: 4, configuration: 2d}}\npaths: {{nnUNet_preprocessed: {tmp_path}}}\n")
+    with pytest.raises(ConfigError) as info:
+        RunContext.load(path)
+    assert info.value.source == str(path)
+    assert info.value.problems == ["paths.nnUNet_results: not set in the config and $nnUNet_results is not in the "
+                                   "environment"]

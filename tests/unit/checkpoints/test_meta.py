@@ -254,6 +254,7 @@ def test_resume_point_none_when_nothing_is_readable(tmp_path: Path) -> None:
 # --- no torch in the daemon -------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_read_meta_does_not_import_torch(good: Path) -> None:
     code = (
         "import sys\n"

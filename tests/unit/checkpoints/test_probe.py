@@ -209,6 +209,7 @@ def test_hostile_top_level_object_is_stopped_by_the_structure_check(checked: dic
     assert "not a dict" in v.reason()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("payload", [Touch, System],
                          ids=["touch", "system"])
 def test_hostile_top_level_object_is_refused_by_the_content_check(tmp_path: Path, payload: type) -> None:

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from supervisor.atomic import atomic_copy
 from supervisor import atomic
+from supervisor.atomic import atomic_copy
 from supervisor.checkpoints import store as ckptstore
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.layout import RunLayout

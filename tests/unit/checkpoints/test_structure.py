@@ -204,6 +204,7 @@ def test_top_level_not_a_dict(tmp_path: Path) -> None:
 # --- no torch in the daemon -------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_verify_structure_does_not_import_torch(good: Path) -> None:
     code = (
         "import sys\n"

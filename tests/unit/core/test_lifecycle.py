@@ -375,3 +375,65 @@ def test_a_stop_while_waiting_for_disk_exits_resumable() -> None:
     s, _ = d.step(s, ChildExited(74, "nnunet-supervise: disk full", False, 0), 0.0)
     s, actions = d.step(s, StopRequested("SIGTERM"), 1.0)
     assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)
+
+
+# ---- preparing a launch off the main thread ----
+
+def test_a_prepared_attempt_is_spawned_with_what_the_preparation_decided() -> None:
+    from supervisor.core.messages import Prepared, Spawn
+
+    d = decider()
+    s, _ = d.step(LoopState(), Begin(False, resume=True), 0)
+    s, actions = d.step(s, Prepared(resume=True), 1.0)
+    assert actions == [Spawn(1, True, None)] and s.phase is Phase.STARTING
+    s, actions = d.step(s, Prepared(resume=False, pretrained="/w.pth"), 1.0)
+    assert actions == [Spawn(1, False, "/w.pth")]
+
+
+def test_a_stop_while_the_launch_is_prepared_waits_for_it_then_exits_75_without_launching() -> None:
+    from supervisor.core.messages import Prepared
+
+    d = decider()
+    s, _ = d.step(LoopState(), Begin(False, resume=True), 0)
+    s, actions = d.step(s, StopRequested("SIGTERM"), 1.0)
+    assert s.phase is Phase.STARTING and s.stop_reason == "SIGTERM"
+    assert records(actions, "stop_requested") == [{"reason": "SIGTERM", "signal": "SIGTERM"}]
+    assert not any(isinstance(a, (Exit, Kill, Terminate)) for a in actions)  # the file moves finish first
+    s, again = d.step(s, StopRequested("SIGINT"), 1.5)
+    assert again == []
+    s, actions = d.step(s, Prepared(resume=True), 2.0)
+    assert s.phase is Phase.STOPPED and actions[-1] == Exit(75)
+    assert not any(type(a).__name__ == "Spawn" for a in actions)
+
+
+def test_a_gpu_fault_while_the_launch_is_prepared_gives_up_without_launching() -> None:
+    from supervisor.core.messages import Abort, Prepared
+
+    d = decider()
+    s, _ = d.step(LoopState(), Begin(False, resume=False), 0)
+    s, actions = d.step(s, Abort("gpu_fault", "GPU 0 fell off the bus"), 1.0)
+    assert s.phase is Phase.STARTING and not any(isinstance(a, Exit) for a in actions)
+    s, actions = d.step(s, Prepared(resume=False), 2.0)
+    assert s.phase is Phase.FAILED and actions[-1] == Exit(1)
+    assert records(actions, "give_up") == [{"reason": "gpu_fault", "message": "GPU 0 fell off the bus"}]
+
+
+def test_a_failed_preparation_gives_up_with_its_record() -> None:
+    d = decider()
+    s, _ = d.step(LoopState(), Begin(False, resume=True), 0)
+    incompatible = Record("incompatible_checkpoint", {"missing_keys": ["a"]})
+    s, actions = d.step(s, LaunchFailed("does not fit", "incompatible_checkpoint", incompatible), 1.0)
+    assert s.phase is Phase.FAILED and incompatible in actions
+    assert records(actions, "give_up")[0]["reason"] == "incompatible_checkpoint"
+
+
+def test_a_stack_dump_is_recorded_whenever_it_comes_back() -> None:
+    from supervisor.core.messages import StacksDumped
+
+    d = decider()
+    s = started(d)
+    s, actions = d.step(s, Recycle("stall", "hung"), 10.0)
+    s, actions = d.step(s, StacksDumped(1, "/run/stall-1.txt", "stack dump of 2/2 process(es)"), 11.5)
+    assert actions == [Record("stack_dump", {"attempt": 1, "path": "/run/stall-1.txt",
+                                             "note": "stack dump of 2/2 process(es)"})]
+    assert s.phase is Phase.STOPPING

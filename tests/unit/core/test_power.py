@@ -51,3 +51,17 @@ def test_no_battery_means_no_notices_and_no_change() -> None:
     watch.observe(BatteryReading(50, on_battery=True))
     assert watch.observe(None) == []  # a missed reading is not "back on mains"
     assert kinds(watch.observe(BatteryReading(10, on_battery=True))) == [("battery_low", True)]
+
+
+def test_power_notices_are_recorded_and_the_low_one_stops_resumably() -> None:
+    from supervisor.core.messages import Record, StopRequested
+    from supervisor.core.power import power_outcome
+
+    watch = BatteryWatch(stop_percent=15)
+    records, stop = power_outcome(watch.observe(BatteryReading(40, on_battery=True)))
+    assert records == [Record("power", {"kind": "on_battery", "percent": 40, "message": "power: on battery (40%)"})]
+    assert stop is None
+    records, stop = power_outcome(watch.observe(BatteryReading(12, on_battery=True)))
+    assert [r.fields["kind"] for r in records] == ["battery_low"]
+    assert stop == StopRequested("power: battery at 12% (stop at 15%)")
+    assert power_outcome([]) == ([], None)

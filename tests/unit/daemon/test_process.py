@@ -15,6 +15,8 @@ import pytest
 from supervisor.daemon.process import TrainerProcess, marked_processes, stop_tree, wait_until
 from supervisor.trainer.protocol import MARKER_VAR
 
+pytestmark = pytest.mark.process  # real processes (seconds)
+
 # A "trainer" that starts a worker ignoring SIGTERM and a worker that leaves the process group (setsid),
 # records their pids, then either waits or crashes, leaving both behind (like nnU-Net's augmenters).
 TREE = textwrap.dedent("""

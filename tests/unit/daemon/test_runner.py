@@ -25,6 +25,8 @@ from supervisor.rundir.statefile import StateStore
 from supervisor.trainer.protocol import MARKER_VAR
 from tests.conftest import fake_spawn, make_ctx
 
+pytestmark = pytest.mark.process  # real processes (seconds)
+
 
 def runner(ctx: RunContext) -> Runner:
     return Runner(ctx, spawn=fake_spawn, tick_s=0.05, leftover_grace_s=1.0)

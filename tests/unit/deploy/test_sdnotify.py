@@ -81,6 +81,7 @@ def test_abstract_socket_names_and_a_watchdog_meant_for_another_pid() -> None:
     assert n.address == "\0/org/x" and n.watchdog_s is None
 
 
+@pytest.mark.process
 def test_the_runner_is_ready_reports_status_pings_and_says_stopping(tmp_path: Path,
                                                                    listener: socket.socket) -> None:
     ctx = make_ctx(tmp_path, [{"epochs": [0, 3], "outcome": "1"}, {"epochs": [3, 5], "outcome": "finish"}])

@@ -49,6 +49,7 @@ def test_only_a_preemption_stop_inside_a_job_requeues(reason: str, code: int, en
     assert slurm.should_requeue(reason, code, env) is expected
 
 
+@pytest.mark.process
 def test_the_cli_prints_both_renderings(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, [])
     for args in (["slurm", "--folds", "0-4", "--lead", "900"], ["systemd"]):

@@ -33,13 +33,14 @@ def rendered(tmp_path: Path, device: str, **cooperative: object) -> Path:
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
 
+@pytest.mark.process
 @needs_systemd
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path, device: str) -> None:
     unit = rendered(tmp_path, device, enabled=device == "cuda")
     text = unit.read_text()
     assert unit.name == "nnunet-supervise-my-run.service"
-    assert "Type=notify" in text and "WatchdogSec=600" in text and "KillMode=mixed" in text
+    assert "Type=notify" in text and "WatchdogSec=60" in text and "KillMode=mixed" in text
     assert f'ExecStart={sys.executable} -m supervisor run "{tmp_path}/my run.yaml"' in text
     assert f"ReadWritePaths={tmp_path}/res {tmp_path}/pre" in text
     assert "RestartPreventExitStatus=1 2 3" in text and "SuccessExitStatus=75" in text
@@ -48,6 +49,7 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path, device: str)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+@pytest.mark.process
 @needs_systemd
 def test_the_hardening_scores_ok_in_systemd_analyze_security(tmp_path: Path) -> None:
     unit = rendered(tmp_path, "cuda")
@@ -57,6 +59,7 @@ def test_the_hardening_scores_ok_in_systemd_analyze_security(tmp_path: Path) -> 
     assert float(score.group(1)) <= 4.0  # "OK"; an unhardened unit scores 9.6
 
 
+@pytest.mark.process
 def test_install_writes_a_user_unit_and_says_how_to_start_it(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, [])
     home = tmp_path / "home"

@@ -205,3 +205,34 @@ def test_thread_puts_faults_and_stops_promptly() -> None:
     assert time.monotonic() - started < 2.0
     assert monitor._thread is not None and not monitor._thread.is_alive()
     assert nvml.freed == ["event-set"] and nvml.shut_down
+
+
+# ---- what the run does about a report ----
+
+def test_an_application_fault_is_recorded_and_left_to_the_trainer() -> None:
+    from supervisor.gpu.monitor import gpu_outcome
+
+    records, abort = gpu_outcome(GpuFault("0", 13, "xid", False, "GPU 0: Xid 13"))
+    assert [(r.event, r.fields["xid"], r.fields["hardware"]) for r in records] == [("gpu_fault", 13, False)]
+    assert abort is None
+
+
+def test_a_hardware_fault_gives_up_naming_the_gpu() -> None:
+    from supervisor.gpu.monitor import gpu_outcome
+
+    records, abort = gpu_outcome(GpuFault("1", 79, "xid", True, "GPU 1: Xid 79 (GPU has fallen off the bus)"))
+    assert [r.event for r in records] == ["gpu_fault"]
+    assert abort is not None and abort.kind == "gpu_fault" and "GPU 1" in abort.message
+    assert "fallen off the bus" in abort.message
+
+
+def test_health_is_recorded_and_a_fatal_reading_is_also_a_fault() -> None:
+    from supervisor.gpu.monitor import gpu_outcome
+
+    records, abort = gpu_outcome(GpuHealth("0", ["clocks slowed by hardware: hw_slowdown"], {}, hardware=False))
+    assert [r.event for r in records] == ["gpu_health"] and abort is None
+    records, abort = gpu_outcome(GpuHealth("0", ["row remapping failed: the GPU needs service"], {}, hardware=True))
+    assert [r.event for r in records] == ["gpu_health", "gpu_fault"]
+    assert records[1].fields == {"gpu": "0", "xid": None, "kind": "health", "hardware": True,
+                                 "message": "row remapping failed: the GPU needs service"}
+    assert abort is not None and abort.kind == "gpu_fault"

@@ -18,6 +18,8 @@ from supervisor.layout import RunLayout
 from supervisor.observe.control import NotRunning, StopRefused, StopTimeout, request_stop
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.process  # real processes (seconds)
+
 # Stands in for a live supervisor: takes the run's lock like runner.py does, names itself in state.json,
 # then either exits 75 on SIGTERM ("stop") or never sees one ("deaf", SIGTERM stays blocked).
 SUPERVISOR = textwrap.dedent("""

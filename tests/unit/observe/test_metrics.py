@@ -7,6 +7,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.daemon.process import wait_until
@@ -30,6 +31,7 @@ def samples(text: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.process
 def test_the_endpoint_is_scraped_during_a_run_and_counts_failures(tmp_path: Path) -> None:
     port = free_port()
     ctx = make_ctx(tmp_path, [{"epochs": [0, 3], "outcome": "1"}, {"epochs": [3, 5], "outcome": "hang"}],

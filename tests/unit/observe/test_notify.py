@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from supervisor.daemon.runner import Runner
 from supervisor.observe.notify import Notifications
 from tests.conftest import fake_spawn, make_ctx
@@ -41,6 +43,7 @@ def dead_port() -> int:
         return int(s.getsockname()[1])  # closed again: nothing listens there
 
 
+@pytest.mark.process
 def test_give_up_and_repeated_failures_reach_a_real_endpoint_and_a_dead_one_changes_nothing(tmp_path: Path) -> None:
     inbox = Inbox()
     ctx = make_ctx(tmp_path, [{"epochs": [0, 0], "outcome": "1"}] * 3,

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from supervisor.daemon.runner import Runner
@@ -23,6 +24,7 @@ def test_status_text_has_a_bar_an_eta_and_the_checkpoint_age() -> None:
         "starting · attempt 1 · no checkpoint yet")
 
 
+@pytest.mark.process
 def test_the_runner_drives_the_live_line_and_logs_print_above_it(tmp_path: Path) -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=160)

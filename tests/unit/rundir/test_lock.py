@@ -17,6 +17,8 @@ from supervisor.errors import LockedError
 from supervisor.rundir.lock import RunLock
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.process  # real processes (seconds)
+
 DEADLINE_S = 60.0
 
 
