@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from supervisor.checkpoints.prepare import Memory
+from supervisor.context import RunContext
 from supervisor.core.lifecycle import LoopState, Phase
 from supervisor.deploy.sdnotify import Notifier
 from supervisor.observe.progress import checkpoint_age_s, status_line
+from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.statefile import StateStore
 
 if TYPE_CHECKING:
     from supervisor.observe.metrics import Metrics
+    from supervisor.observe.notify import Notifications
 
 SCHEMA = 1
 
@@ -77,9 +80,37 @@ class Publisher:
     """Writes state.json (only when it changed) and feeds the listeners that are configured."""
 
     def __init__(self, fold_dir: Path, store: StateStore, notifier: Notifier, metrics: Metrics | None,
-                 on_status: Callable[[dict[str, Any]], None] | None) -> None:
+                 on_status: Callable[[dict[str, Any]], None] | None,
+                 notifications: Notifications | None = None) -> None:
         self.fold_dir, self.store, self.notifier = fold_dir, store, notifier
-        self.metrics, self.on_status = metrics, on_status
+        self.metrics, self.on_status, self.notifications = metrics, on_status, notifications
+
+    @classmethod
+    def for_run(cls, ctx: RunContext, notifier: Notifier, on_status: Callable[[dict[str, Any]], None] | None,
+                events: EventLog, clock: Callable[[], float]) -> Publisher:
+        """The listeners the config asks for, each told every event it counts (prometheus_client and apprise are
+        imported only when metrics or notifications are configured)."""
+        layout, m, n = ctx.layout, ctx.config.metrics, ctx.config.notify
+        metrics = notifications = None
+        if m.port is not None or m.textfile is not None:
+            from supervisor.observe.metrics import Metrics
+
+            metrics = Metrics(str(layout.fold_dir), m.port, m.host, None if m.textfile is None else Path(m.textfile),
+                              clock)
+            events.listeners.append(metrics.count)
+        if n.urls:
+            from supervisor.observe.notify import Notifications
+
+            notifications = Notifications(str(layout.fold_dir), list(n.urls), list(n.on), n.repeated_failures)
+            events.listeners.append(notifications.on_event)
+        return cls(layout.fold_dir, StateStore(layout.state_file), notifier, metrics, on_status, notifications)
+
+    def close(self) -> None:
+        """Last metrics written, queued notifications delivered (bounded)."""
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.notifications is not None:
+            self.notifications.close()
 
     @property
     def listening(self) -> bool:

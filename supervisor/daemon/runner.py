@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
-import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from supervisor.checkpoints import prepare
-from supervisor.checkpoints.ahead import AheadVerifier
-from supervisor.checkpoints.plan import ResumePlan
-from supervisor.checkpoints.store import CheckpointStore
-from supervisor.checkpoints.verdict import Verdict
-from supervisor.checkpoints.verify import VerdictCache, expectations, network_request
 from supervisor.command import build_argv, build_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.core.lifecycle import Decider, LoopState
@@ -42,7 +31,6 @@ from supervisor.core.messages import (
     Launched,
     LaunchFailed,
     Prepare,
-    Prepared,
     Record,
     RequestSave,
     Say,
@@ -55,7 +43,9 @@ from supervisor.core.messages import (
 from supervisor.core.policy import RestartPolicy
 from supervisor.core.rules import carried_over, save_timeout_s
 from supervisor.daemon.activity import FileActivity
+from supervisor.daemon.inbox import ChildGone, GpuReport, Inbox, MainExited, Wake
 from supervisor.daemon.jobs import JobDone, Jobs
+from supervisor.daemon.launching import Launcher, VerifiedAhead
 from supervisor.daemon.power import read_battery
 from supervisor.daemon.process import ProcessOps, Spawner, Trainer
 from supervisor.daemon.publish import Facts, Publisher
@@ -63,58 +53,17 @@ from supervisor.daemon.sensors import Sensors
 from supervisor.deploy import slurm
 from supervisor.deploy.sdnotify import Notifier
 from supervisor.errors import LaunchError
-from supervisor.gpu.monitor import GpuFault, GpuHealth, GpuMonitor, create_monitor, gpu_outcome, wait_memory_released
+from supervisor.gpu.monitor import GpuMonitor, gpu_outcome, monitor_for_run, wait_memory_released
 from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
 
 if TYPE_CHECKING:
     from supervisor.core.power import BatteryReading
-    from supervisor.observe.metrics import Metrics
-    from supervisor.observe.notify import Notifications
 
 log = logging.getLogger("nnunet_supervise")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 GPU_MEMORY_WAIT_S = 60.0
-
-
-@dataclass(frozen=True)
-class _MainExited:
-    """From the waiter thread: the trainer's main process exited; its tree is being stopped."""
-
-    proc: Trainer
-
-
-@dataclass(frozen=True)
-class _ChildGone:
-    """From the waiter thread: the trainer's main process exited and what was left of its tree is stopped."""
-
-    proc: Trainer
-    returncode: int
-    stopped: list[int]
-
-
-@dataclass(frozen=True)
-class _Wake:
-    """From the file observer: something changed in the fold folder; look now rather than at the next tick."""
-
-
-@dataclass(frozen=True)
-class _VerifiedAhead:
-    """From the ahead verifier's thread: verdicts on checkpoints the trainer just wrote (and their cache is filled)."""
-
-    verdicts: list[Verdict]
-
-
-@dataclass(frozen=True)
-class _GpuReport:
-    """From the GPU monitor's thread: a GpuFault or a changed GpuHealth."""
-
-    report: GpuFault | GpuHealth
-
-
-QueueItem = Union[Event, _MainExited, _ChildGone, _Wake, _GpuReport, _VerifiedAhead, JobDone]
 
 
 class Runner:
@@ -134,55 +83,24 @@ class Runner:
         self.decider = Decider(RestartPolicy(r.max_restarts, r.backoff_initial_s, r.backoff_max_s,
                                              r.max_attempts_without_progress), cfg.process.stop_grace_s, rand,
                                disk_check_s=r.disk_check_s)
-        self.queue: queue.SimpleQueue[QueueItem] = queue.SimpleQueue()
+        self.queue = Inbox()
         self.jobs = Jobs(self.queue.put)
         self.events = EventLog(self.layout.events_file, wall)  # written only by _record
         self.store = StateStore(self.layout.state_file)
         self.notifier = notifier or Notifier()  # systemd Type=notify; a no-op elsewhere
-        self.metrics = self._metrics()
-        self.notifications = self._notifications()
-        self.publisher = Publisher(self.layout.fold_dir, self.store, self.notifier, self.metrics, on_status)
+        self.publisher = Publisher.for_run(ctx, self.notifier, on_status, self.events, clock)
+        self.metrics = self.publisher.metrics
         self.sensors = Sensors(ctx, self.ops, battery, [])
-        self.ckpts = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
-        self.checker = prepare.Checker(expectations(ctx),
-                                       network_request(ctx, cache=self.layout.supervisor_dir / "network-shapes.json"),
-                                       build_env(ctx, attempt=0), VerdictCache())
-        self.ahead = AheadVerifier(self._verify_ahead)
-        self.verified_ahead: list[dict[str, Any]] = []  # the newest ahead verdicts, for state.json
-        self.memory = prepare.Memory()
+        self.launcher = Launcher(ctx, self.queue.put)
         self.gpu: GpuMonitor | None = None
         self.proc: Trainer | None = None
         self._old_tree: set[int] = set()  # the last attempt's pids, whose GPU memory must be freed first
-        self._verifying: tuple[threading.Thread, list[tuple[list[Verdict], ResumePlan]]] | None = None
         self._held: list[Action] | None = None  # signals to the tree held back while its stacks are dumped
-        self._expect_epoch: int | None = None  # the epoch the prepared attempt must resume at
-        self._wake_pending = threading.Event()
         self._slurm_job: str | None = None
         self._last_state = LoopState()
         self._started_ts = wall()
         self._last_step: float | None = None
         self.main_loop_max_gap_s = 0.0
-
-    def _metrics(self) -> Metrics | None:
-        m = self.ctx.config.metrics
-        if m.port is None and m.textfile is None:
-            return None
-        from supervisor.observe.metrics import Metrics  # prometheus_client only when metrics are asked for
-
-        metrics = Metrics(str(self.layout.fold_dir), m.port, m.host, None if m.textfile is None else Path(m.textfile),
-                          self.clock)
-        self.events.listeners.append(metrics.count)
-        return metrics
-
-    def _notifications(self) -> Notifications | None:
-        n = self.ctx.config.notify
-        if not n.urls:
-            return None
-        from supervisor.observe.notify import Notifications  # apprise only when notifications are asked for
-
-        notifications = Notifications(str(self.layout.fold_dir), list(n.urls), list(n.on), n.repeated_failures)
-        self.events.listeners.append(notifications.on_event)
-        return notifications
 
     # ---- the loop ----
 
@@ -193,67 +111,43 @@ class Runner:
         log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
         own = str(self.layout.supervisor_dir)
         # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
-        files = FileActivity([self.layout.fold_dir], self._file_changed, min_interval_s=0.0,
+        files = FileActivity([self.layout.fold_dir], self.queue.wake, min_interval_s=0.0,
                              ignore=lambda path: path.startswith(own) and not path.endswith(".log"))
         try:
             self.ops.become_subreaper()
             previous = self.store.load()
-            self._remember(previous)
+            self.launcher.remember(previous)
+            self.sensors.carry_epoch_times(previous.get("epoch_times"))
             self._stop_orphans(previous)
             state = self._initial_state(previous)
             files.start()
             self._start_gpu_monitor()
-            self.ahead.start()
-            with self._signals():
+            self.launcher.start()
+            with self.queue.signals():
                 self.notifier.ready(f"supervising {self.ctx.config_path}")
                 code = self._loop(state)
                 self.notifier.stopping(f"{self._last_state.phase.value}: exit {code}")
-                self._maybe_requeue(code)
+                requeued = slurm.requeue_if_preempted(self._last_state.stop_reason, code, os.environ)
+                if requeued is not None:
+                    self._record(requeued)
                 return code
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
-            if self.notifications is not None:
-                self.notifications.close()
+            self.publisher.close()
             files.stop()
-            self.ahead.stop()
+            self.launcher.stop()
             if self.gpu is not None:
                 self.gpu.stop()
             self._ensure_stopped()
             lock.release()
 
-    def _remember(self, previous: dict[str, Any]) -> None:
-        """What the previous supervisor of this run knew: checkpoints resumed from, a warm start, epoch times."""
-        verified = previous.get("verified_epoch")
-        warm = previous.get("warm_start_weights")
-        self.memory = prepare.Memory(had_checkpoints=verified is not None,
-                                     verified_epoch=verified if isinstance(verified, int) else None,
-                                     warm_weights=warm if isinstance(warm, str) else None)
-        times = previous.get("epoch_times")
-        self.sensors.carry_epoch_times([float(t) for t in times if isinstance(t, (int, float))
-                                        and not isinstance(t, bool)] if isinstance(times, list) else [])
-
     def _initial_state(self, previous: dict[str, Any]) -> LoopState:
-        facts = slurm.job_facts(os.environ)
-        if facts:
-            self._slurm_job = facts["slurm_job_id"]
-            self._record(Record("slurm", dict(facts)))
-            log.info("inside SLURM job %s (restart count %s)", self._slurm_job, facts.get("slurm_restart_count", "0"))
+        self._slurm_job, record = slurm.job_record(os.environ)
+        if record is not None:
+            self._record(record)
         return carried_over(previous, self._slurm_job)
 
-    def _maybe_requeue(self, code: int) -> None:
-        """Preempted inside a SLURM job: ask SLURM to run the job again (it resumes from the checkpoint)."""
-        if not slurm.should_requeue(self._last_state.stop_reason, code, os.environ):
-            return
-        ok, said = slurm.requeue(os.environ)
-        self._record(Record("requeue", {"job": self._slurm_job, "ok": ok, "output": said}))
-        if ok:
-            log.info("requeued SLURM job %s: the next incarnation resumes from the checkpoint", self._slurm_job)
-        else:
-            log.error("scontrol requeue %s failed: %s", self._slurm_job, said)
-
     def _loop(self, state: LoopState) -> int:
-        pending: deque[Event] = deque([self.sensors.begin(self.memory.had_checkpoints)])
+        pending: deque[Event] = deque([self.sensors.begin(self.launcher.memory.had_checkpoints)])
         while True:
             if not pending:
                 pending.extend(self._next_events(state))
@@ -281,26 +175,23 @@ class Runner:
         stall = self.sensors.stall_deadline()
         if stall is not None:  # wake right at the stall deadline, not up to a tick after it
             timeout = max(0.0, min(timeout, stall - self.clock() + 0.01))
-        try:
-            item = self.queue.get(timeout=timeout)
-        except queue.Empty:
+        item = self.queue.get(timeout)
+        if item is None or isinstance(item, Wake):
             return self._look()
-        if isinstance(item, _Wake):
-            self._wake_pending.clear()  # before reading: a change from now on queues a fresh wake
-            return self._look()
-        if isinstance(item, _MainExited):
+        if isinstance(item, MainExited):
             self.sensors.main_exited()
             return [Tick()]
-        if isinstance(item, _ChildGone):
+        if isinstance(item, ChildGone):
             return [self._child_gone(item)]
-        if isinstance(item, _GpuReport):
+        if isinstance(item, GpuReport):
             records, abort = gpu_outcome(item.report)
             self._record_all(records)
             return [abort] if abort is not None else [Tick()]
         if isinstance(item, JobDone):
             return [self._job_done(item)]
-        if isinstance(item, _VerifiedAhead):
-            self._verified(item.verdicts)
+        if isinstance(item, VerifiedAhead):
+            self.launcher.verified(item.verdicts)
+            self._persist(self._last_state)
             return [Tick()]
         if isinstance(item, StopRequested) and self.ctx.config.cooperative.enabled and self.proc is not None:
             return [replace(item, save_timeout_s=save_timeout_s(self.ctx.config.cooperative.stop_timeout_s,
@@ -311,19 +202,12 @@ class Runner:
         look = self.sensors.look(self.clock())
         self._record_all(look.records)
         if look.written:
-            self.ahead.submit(look.written)
+            self.launcher.written(look.written)
         if look.epoch_changed:
             self._persist(self._last_state)
         return look.events or [Tick()]
 
-    def _file_changed(self) -> None:
-        """From the watchdog thread: one wake in the queue at a time, never a change left unread (a dropped
-        wake would delay seeing an epoch line to the next tick, and so inflate the stall clock)."""
-        if not self._wake_pending.is_set():
-            self._wake_pending.set()
-            self.queue.put(_Wake())
-
-    def _child_gone(self, gone: _ChildGone) -> Event:
+    def _child_gone(self, gone: ChildGone) -> Event:
         if gone.stopped:
             log.info("stopped %d leftover process(es) of the trainer's tree: %s", len(gone.stopped), gone.stopped)
         self._old_tree = {gone.proc.pid, *gone.stopped}
@@ -337,7 +221,7 @@ class Runner:
             raise done.error  # a bug of ours: the supervisor ends (exit 70), as it would have on the main thread
         if done.name == "launch":
             outcome, event = done.result
-            self.memory, self._expect_epoch = outcome.memory, outcome.expect_epoch
+            self.launcher.applied(outcome)
             self._record_all(outcome.records)
             return event  # type: ignore[no-any-return]
         if done.name == "dump":
@@ -355,11 +239,12 @@ class Runner:
         elif isinstance(action, Say):
             log.info("%s", action.message)
         elif isinstance(action, Launch):
-            self._start_launch(action)
+            old_tree, self._old_tree = self._old_tree, set()
+            self.jobs.start("launch", self.launcher.work(action.resume, lambda: self._wait_gpu_memory(old_tree)))
         elif isinstance(action, Spawn):
             return self._spawn(action)
         elif isinstance(action, Prepare):
-            self._start_verifying()
+            self.launcher.start_verifying()
         elif isinstance(action, CheckDisk):
             records, checked = self.sensors.disk()
             self._record_all(records)
@@ -406,26 +291,6 @@ class Runner:
 
     # ---- launching ----
 
-    def _start_launch(self, action: Launch) -> None:
-        """Prepare the attempt off the main thread; its answer (Prepared or LaunchFailed) comes back as a job."""
-        memory, old_tree = self.memory, self._old_tree
-        self._old_tree = set()
-        check = bool(action.resume or self.ckpts.candidates())
-
-        def work() -> tuple[prepare.Outcome, Event]:
-            outcome = prepare.Outcome(memory)
-            if check:
-                verdicts, plan = self._take_verified()
-                outcome = prepare.carry_out(plan, verdicts, self.ckpts, memory)
-                if outcome.failure is not None:
-                    kind, message = outcome.failure
-                    return outcome, LaunchFailed(message, kind, outcome.failure_record)
-            self._wait_gpu_memory(old_tree)
-            # every relaunch uses --c (on an emptied folder nnU-Net then starts over, which the plan allowed)
-            return outcome, Prepared(action.resume and outcome.pretrained is None, outcome.pretrained)
-
-        self.jobs.start("launch", work)
-
     def _spawn(self, action: Spawn) -> Event:
         logs_before = set(self.layout.training_logs())
         log_path = self.layout.attempt_log(action.attempt)
@@ -438,7 +303,8 @@ class Runner:
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))
         self.proc = proc
-        self.sensors.launched(action.attempt, logs_before, self.clock(), self._expect_epoch if action.resume else None)
+        self.sensors.launched(action.attempt, logs_before, self.clock(),
+                              self.launcher.expect_epoch if action.resume else None)
         threading.Thread(target=self._wait_for, args=(proc,), name=f"wait-attempt-{action.attempt}",
                          daemon=True).start()
         return Launched(proc.pid, tuple(argv), action.resume)
@@ -447,64 +313,19 @@ class Runner:
         """The waiter thread: the trainer's exit, then its leftover workers stopped (they can take seconds)."""
         returncode = proc.wait()
         assert returncode is not None
-        self.queue.put(_MainExited(proc))
+        self.queue.put(MainExited(proc))
         stopped = proc.stop_leftovers(self.leftover_grace_s)
-        self.queue.put(_ChildGone(proc, returncode, stopped))
-
-    # ---- checkpoints before a launch ----
-
-    def _verify_ahead(self, paths: list[Path]) -> None:
-        """In the ahead verifier's thread: verify (which fills the cache) and tell the main loop."""
-        verdicts, _ = self.checker.verify(paths, nice=True)
-        self.queue.put(_VerifiedAhead(verdicts))
-
-    def _verified(self, verdicts: list[Verdict]) -> None:
-        for v in verdicts:
-            # An early word about a whole file that cannot be resumed (NaN weights, a network that does not fit);
-            # the relaunch quarantines or stops on it, as for any checkpoint. A torn zip is left unsaid: plain
-            # nnU-Net rewrites checkpoints in place, so one may still be being written.
-            if v.structure_ok and not v.ok:
-                log.warning("checkpoint %s as just written is not usable for a resume: %s", v.path, v.reason())
-        self.verified_ahead = [{"path": v.path, "epoch": v.epoch, "ok": v.ok} for v in verdicts]
-        self._persist(self._last_state)
-
-    def _start_verifying(self) -> None:
-        """Verify in the background while the backoff runs; the launch job collects the result."""
-        box: list[tuple[list[Verdict], ResumePlan]] = []
-        thread = threading.Thread(target=lambda: box.append(self._verify_now()), name="verify", daemon=True)
-        thread.start()
-        self._verifying = (thread, box)
-
-    def _take_verified(self) -> tuple[list[Verdict], ResumePlan]:
-        verifying, self._verifying = self._verifying, None
-        if verifying is not None:
-            thread, box = verifying
-            thread.join()
-            if box:
-                return box[0]
-        return self._verify_now()
-
-    def _verify_now(self) -> tuple[list[Verdict], ResumePlan]:
-        self.ahead.settle(timeout_s=600)  # reuse a running ahead verification's answer rather than race it
-        cfg = self.ctx.config.checkpoint
-        return prepare.plan(self.checker, self.ckpts, self.memory, allow_fresh_start=cfg.allow_fresh_start,
-                            on_incompatible=cfg.on_incompatible)
+        self.queue.put(ChildGone(proc, returncode, stopped))
 
     # ---- the GPU ----
 
     def _start_gpu_monitor(self) -> None:
         nn = self.ctx.config.nnunet
         visible = nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if visible is None and nn.num_gpus == 1:
-            visible = "0"  # nnU-Net trains on cuda:0 alone; other GPUs' faults are not this run's
-        self.gpu, line = create_monitor(nn.device, visible, self._put_gpu_report)
+        self.gpu, line = monitor_for_run(nn.device, visible, nn.num_gpus, self.queue.put_gpu_report)
         log.info("%s", line)
         if self.gpu is not None:
             self.gpu.start()
-
-    def _put_gpu_report(self, report: object) -> None:
-        if isinstance(report, (GpuFault, GpuHealth)):
-            self.queue.put(_GpuReport(report))
 
     def _wait_gpu_memory(self, old_tree: set[int]) -> None:
         """Before a relaunch (in the launch job): the old tree's CUDA memory must be free, or the new trainer may OOM
@@ -516,18 +337,6 @@ class Runner:
             log.warning("pids %s still hold GPU memory after %.0f s; launching anyway", held, GPU_MEMORY_WAIT_S)
 
     # ---- safety ----
-
-    @contextmanager
-    def _signals(self) -> Iterator[None]:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.queue.put(StopRequested(signal.Signals(signum).name))
-
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     def _stop_orphans(self, previous: dict[str, Any]) -> None:
         """A trainer left by a supervisor that died must not run beside the one we are about to start.
@@ -563,9 +372,9 @@ class Runner:
         facts = Facts(
             pid=proc.pid if proc else None, pid_create_time=proc.create_time if proc else None,
             epoch=sensors.epoch_now, num_epochs=sensors.total_epochs(), epoch_times=sensors.recent_epoch_times(),
-            attempt_status=sensors.attempt_status(self.clock()) if proc else None, memory=self.memory,
+            attempt_status=sensors.attempt_status(self.clock()) if proc else None, memory=self.launcher.memory,
             max_restarts=self.decider.policy.max_restarts, fold_dir=str(self.layout.fold_dir),
             config=str(self.ctx.config_path), started_ts=self._started_ts, slurm_job_id=self._slurm_job,
-            main_loop_max_gap_s=self.main_loop_max_gap_s, verified_ahead=self.verified_ahead)
+            main_loop_max_gap_s=self.main_loop_max_gap_s, verified_ahead=self.launcher.verified_ahead)
         self.publisher.publish(s, facts, self.clock(), self.wall())
 

@@ -64,9 +64,11 @@ class Sensors:
         self._resume_settled = True
         self._num_epochs: int | None = None
 
-    def carry_epoch_times(self, times: list[float]) -> None:
-        """What the previous supervisor learned about this run's pace (state.json)."""
-        self._epoch_times = times
+    def carry_epoch_times(self, times: object) -> None:
+        """What the previous supervisor learned about this run's pace (state.json's epoch_times; what is not a
+        list of numbers is left out)."""
+        items = times if isinstance(times, list) else []
+        self._epoch_times = [float(t) for t in items if isinstance(t, (int, float)) and not isinstance(t, bool)]
 
     # ---- the run ----
 

@@ -9,6 +9,7 @@ time limit) does not requeue.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.context import RunContext
+from supervisor.core.messages import Record
+from supervisor.errors import ExitCode
+
+log = logging.getLogger("nnunet_supervise")
 
 PREEMPT_SIGNAL = "USR1"  # what --signal sends, and what counts as "preempted: requeue me"
 LEAD_S = 300  # seconds before the time limit: room to finish an epoch and save
@@ -94,7 +99,30 @@ def job_facts(env: Mapping[str, str]) -> dict[str, str]:
 def should_requeue(stop_reason: str | None, exit_code: int, env: Mapping[str, str],
                    signal_name: str = PREEMPT_SIGNAL) -> bool:
     """Only a resumable stop caused by the preemption signal requeues; a give-up or a finish never does."""
-    return job_id(env) is not None and exit_code == 75 and stop_reason == f"SIG{signal_name}"
+    return job_id(env) is not None and exit_code == ExitCode.STOPPED and stop_reason == f"SIG{signal_name}"
+
+
+def job_record(env: Mapping[str, str]) -> tuple[str | None, Record | None]:
+    """Inside a SLURM job: its id and the `slurm` record (job, array task, restart count, node); else (None, None)."""
+    facts = job_facts(env)
+    if not facts:
+        return None, None
+    log.info("inside SLURM job %s (restart count %s)", facts["slurm_job_id"], facts.get("slurm_restart_count", "0"))
+    return facts["slurm_job_id"], Record("slurm", dict(facts))
+
+
+def requeue_if_preempted(stop_reason: str | None, exit_code: int, env: Mapping[str, str]) -> Record | None:
+    """Preempted inside a SLURM job: ask SLURM to run the job again (it resumes from the checkpoint); the `requeue`
+    record says how that went. Any other ending: nothing."""
+    if not should_requeue(stop_reason, exit_code, env):
+        return None
+    ok, said = requeue(env)
+    job = job_id(env)
+    if ok:
+        log.info("requeued SLURM job %s: the next incarnation resumes from the checkpoint", job)
+    else:
+        log.error("scontrol requeue %s failed: %s", job, said)
+    return Record("requeue", {"job": job, "ok": ok, "output": said})
 
 
 def requeue(env: Mapping[str, str], timeout_s: float = 60) -> tuple[bool, str]:

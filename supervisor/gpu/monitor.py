@@ -287,6 +287,15 @@ def create_monitor(device: str, visible: str | None, put: Callable[[object], Non
     return monitor, f"GPU monitor: watching {watched}" + (f" (not watched: {notes})" if notes else "")
 
 
+def monitor_for_run(device: str, visible: str | None, num_gpus: int,
+                    put: Callable[[object], None]) -> tuple[GpuMonitor | None, str]:
+    """The monitor for one run's GPUs: CUDA_VISIBLE_DEVICES (the run's env, else ours), or GPU 0 when it is unset and
+    the run trains on one GPU (nnU-Net then uses cuda:0 alone: other GPUs' faults are not this run's)."""
+    if visible is None and num_gpus == 1:
+        visible = "0"
+    return create_monitor(device, visible, put)
+
+
 def wait_memory_released(nvml: Nvml, gpus: list[str], pids: set[int], timeout_s: float,
                          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep,
                          poll_s: float = 0.5) -> list[int]:

@@ -234,8 +234,8 @@ def test_a_hardware_class_gpu_fault_stops_the_trainer_and_gives_up(tmp_path: Pat
 
     def inject() -> None:
         wait_until(lambda: any(e["event"] == "launch" for e in events(ctx)), 10)
-        r._put_gpu_report(GpuFault("0", 13, "xid", False, "Xid 13 (graphics engine exception)"))
-        r._put_gpu_report(GpuFault("0", 79, "xid", True, "Xid 79 (GPU has fallen off the bus)"))
+        r.queue.put_gpu_report(GpuFault("0", 13, "xid", False, "Xid 13 (graphics engine exception)"))
+        r.queue.put_gpu_report(GpuFault("0", 79, "xid", True, "Xid 79 (GPU has fallen off the bus)"))
 
     in_background(inject)
     assert r.run() == 1
