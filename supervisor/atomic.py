@@ -27,26 +27,31 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
-def atomic_replace(target: Path, write: Callable[[Path], object]) -> None:
+def atomic_replace(target: Path, write: Callable[[Path], object], durable: bool = True) -> None:
     """Let write(tmp) produce the new content, then fsync and rename it over target; on any failure the temporary
-    is removed and target is untouched. A write that produced no file (nothing to save) changes nothing."""
+    is removed and target is untouched. A write that produced no file (nothing to save) changes nothing.
+
+    durable=False skips the fsyncs: still never half a file, but a power cut may bring back the previous one (for a
+    heartbeat rewritten every second, whose loss costs nothing)."""
     tmp = temp_path(target)
     try:
         write(tmp)
         if not tmp.exists():
             return
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     """Replace path with text."""
-    atomic_replace(path, lambda tmp: tmp.write_text(text))
+    atomic_replace(path, lambda tmp: tmp.write_text(text), durable)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:

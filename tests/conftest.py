@@ -32,21 +32,14 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
              power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
              metrics: dict[str, Any] | None = None, notify: dict[str, Any] | None = None,
              **restart: float) -> RunContext:
+    """A run of the fake trainer (tests/fake_trainer.py plays `plan`, one entry per attempt) under tmp_path."""
     (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
-    cfg = {
-        "nnunet": {"dataset": 901, "configuration": "3d_fullres", "fold": 0, "device": "cpu",
-                   "env": {"FAKE_PLAN": json.dumps(plan)}},
-        "paths": {"nnUNet_preprocessed": "pre", "nnUNet_results": "res"},
-        "restart": {"backoff_initial_s": 0.0, **restart},
-        "process": {"stop_grace_s": 2},
-        "heartbeat": heartbeat or {},
-        "power": power or {},
-        "cooperative": cooperative or {},
-        "metrics": metrics or {},
-        "notify": notify or {},
-    }
-    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
-    return RunContext.load(tmp_path / "run.yaml")
+    config = write_demo_config(
+        tmp_path / "run.yaml", None, Path("pre"), Path("res"),
+        nnunet={"trainer": "nnUNetTrainer", "trainer_paths": [], "env": {"FAKE_PLAN": json.dumps(plan)}},
+        restart={"backoff_initial_s": 0.0, **restart}, process={"stop_grace_s": 2}, heartbeat=heartbeat or {},
+        power=power or {}, cooperative=cooperative or {}, metrics=metrics or {}, notify=notify or {})
+    return RunContext.load(config)
 
 
 def fake_spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> TrainerProcess:

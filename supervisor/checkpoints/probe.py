@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supervisor.atomic import atomic_write_text
 from supervisor.checkpoints.fingerprint import network_fingerprint
 from supervisor.trainer.protocol import RESULT_PREFIX
 
@@ -148,9 +149,8 @@ def network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool
     shapes = build_network_state(net)
     if cache is not None:
         with contextlib.suppress(OSError):
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"fingerprint": fingerprint, "trainer": net["trainer"], "shapes": shapes}))
-            os.replace(tmp, cache)
+            atomic_write_text(cache, json.dumps({"fingerprint": fingerprint, "trainer": net["trainer"],
+                                                 "shapes": shapes}))
     return shapes, False
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from supervisor.atomic import atomic_replace
+from supervisor.atomic import atomic_replace, atomic_write_text
 from supervisor.trainer.protocol import (
     EXIT_DISK_FULL,
     EXIT_STOPPED,
@@ -221,10 +221,8 @@ class Cooperation:
         body = {"ts": time.time(), "pid": self.main_pid, "phase": self.phase,
                 "epoch": int(self.trainer.current_epoch), "iteration": self.iteration,
                 "max_gap_s": round(self.max_gap_s, 3)}
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(body))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(body), durable=False)  # once a second: not worth an fsync
         except OSError:
             pass  # a full disk must not stop training; the supervisor falls back to the log
 
