@@ -142,11 +142,12 @@ def schema() -> None:
 @click.option("--partition", default=None, help="#SBATCH --partition.")
 @click.option("--gres", default=None, help="#SBATCH --gres, e.g. gpu:1.")
 @click.option("--cpus", type=int, default=None, help="#SBATCH --cpus-per-task.")
+@click.option("--mem", default=None, help="#SBATCH --mem, e.g. 32G (memory per node for the job).")
 @click.option("--folds", default=None, help="A job array over folds, e.g. 0-4: one fold per task.")
 @click.option("--lead", "lead_s", type=click.IntRange(min=30), default=300, show_default=True,
               help="Seconds before the time limit that SIGUSR1 arrives: room to finish an epoch and save.")
 def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | None, gres: str | None,
-          cpus: int | None, folds: str | None, lead_s: int) -> None:
+          cpus: int | None, mem: str | None, folds: str | None, lead_s: int) -> None:
     """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint."""
     import subprocess
 
@@ -158,7 +159,7 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
         click.echo(f"nnunet-supervise: --folds: got {folds!r}; allowed: fold numbers like 0-4 or 0,2,3", err=True)
         sys.exit(ExitCode.USAGE)
     spec = sl.spec_for(ctx, sys.executable, time=time_limit, partition=partition, gres=gres, folds=folds, cpus=cpus,
-                       lead_s=lead_s)
+                       lead_s=lead_s, mem=mem)
     text = sl.render(spec)
     if not submit:
         click.echo(text, nl=False)
@@ -238,6 +239,7 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     from supervisor.checkpoints.verdict import Verdict
     from supervisor.checkpoints.verify import ProbeError, expectations, network_request, structure_verdict, verify_all
     from supervisor.command import build_env
+    from supervisor.fileread import kind_of
 
     expect: dict[str, Any] = {}
     network = None
@@ -246,8 +248,10 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
         ctx = _load(against)
         expect, network, env = expectations(ctx), network_request(ctx), build_env(ctx, attempt=0)
     net_error = None
-    if not checkpoint.is_file():
-        verdict = Verdict(str(checkpoint), problems=["no such file"])
+    kind = kind_of(checkpoint)
+    if kind is not None:  # checked first: a FIFO would block a reader, /dev/zero would never end
+        verdict = Verdict(str(checkpoint), problems=["no such file" if kind == "missing"
+                                                     else f"is {kind}, not a checkpoint file"])
     else:
         try:
             (verdict,), net_error = verify_all([checkpoint], expect, network, env)

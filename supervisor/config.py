@@ -12,9 +12,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from supervisor.errors import ConfigError
+from supervisor.fileread import read_bytes
 
 DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_CONFIG_BYTES = 1 << 20  # a run.yaml is a few hundred bytes
 PATH_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 # Arguments the supervisor itself controls; passing them through extra_args would fight it.
@@ -122,6 +124,12 @@ class ProcessSection(_Section):
     """How the trainer's process tree is stopped (extension to the contract)."""
 
     stop_grace_s: float = Field(30.0, ge=0)
+    # the trainer's output kept per attempt (head and newest part; at most 1.5 x this on disk); null: no cap
+    attempt_log_max_mb: Union[float, None] = Field(256.0, gt=0)
+
+    @property
+    def attempt_log_max_bytes(self) -> int | None:
+        return None if self.attempt_log_max_mb is None else int(self.attempt_log_max_mb * 2**20)
 
 
 class HeartbeatSection(_Section):
@@ -293,9 +301,9 @@ def parse_config(data: Any, source: str = "config") -> Config:
 def load_config(path: Path) -> Config:
     """Read and validate run.yaml."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+        raw = read_bytes(path, MAX_CONFIG_BYTES, "config file")
+    except OSError as exc:  # missing, unreadable, a directory or FIFO (never opened blocking), far too large
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

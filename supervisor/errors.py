@@ -40,5 +40,11 @@ class LockedError(SupervisorError):
     exit_code = ExitCode.LOCKED
 
 
+class RunDirError(SupervisorError):
+    """The run directory cannot be used at all (not writable, the lock file unopenable): retrying cannot help."""
+
+    exit_code = ExitCode.USAGE
+
+
 class LaunchError(SupervisorError):
     """The trainer could not be started at all (missing executable, bad folder)."""

@@ -86,4 +86,11 @@ class RunLayout:
         """nnU-Net's training_log_*.txt files, oldest first (one per trainer start)."""
         if not self.fold_dir.is_dir():
             return []
-        return sorted(self.fold_dir.glob("training_log_*.txt"), key=lambda p: (p.stat().st_mtime, p.name))
+
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:  # gone meanwhile, or a broken link: sorts first, readers skip it
+                return 0.0
+
+        return sorted(self.fold_dir.glob("training_log_*.txt"), key=lambda p: (mtime(p), p.name))

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -132,12 +133,36 @@ def _check_results(ctx: RunContext, plans: Any, dataset_json: Any, report: Repor
     else:
         return
     free = shutil.disk_usage(probe).free
-    need = 2 * one
+    cap = ctx.config.process.attempt_log_max_bytes
+    need = 2 * one + (3 * cap // 2 if cap else 0)
     if free < need:
         report.problems.append(f"not enough free disk in {probe}: {free / 1e6:.0f} MB free, need {need / 1e6:.0f} MB "
-                               f"for two checkpoints ({how})")
+                               f"for two checkpoints ({how}) and an attempt log")
     else:
-        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints need ~{need / 1e6:.0f} MB, {how})")
+        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints and an attempt log need "
+                            f"~{need / 1e6:.0f} MB, {how})")
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on now (None: it can); tried the way the metrics server binds it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+            s.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def stall_allowances(ctx: RunContext) -> str:
+    """The silences the run allows, as they will be applied (the floor applies to `auto` only)."""
+    hb = ctx.config.heartbeat
+    training = (f"auto (2 x the longest recent epoch, at least {hb.stall_floor_s:g} s; {hb.startup_grace_s:g} s until "
+                "an epoch was timed)" if hb.stall_timeout_s == "auto" else f"{float(hb.stall_timeout_s):g} s")
+    return (f"stall allowances: start-up {hb.startup_grace_s:g} s, training {training}, final validation "
+            f"{hb.validation_grace_s:g} s (cases started or exported count, not other output)")
 
 
 def full_check(ctx: RunContext) -> Report:
@@ -152,6 +177,15 @@ def full_check(ctx: RunContext) -> Report:
         where = f" (also searched nnunet.trainer_paths: {', '.join(map(str, ctx.trainer_paths))})" \
             if ctx.trainer_paths else ""
         report.problems.append(f"nnunet.trainer: {nn.trainer} cannot be loaded{where}: {found.get('error')}")
+    report.notes.append(stall_allowances(ctx))
+    m = ctx.config.metrics
+    if m.port is not None:
+        busy = port_in_use(m.host, m.port)
+        if busy:
+            report.problems.append(f"metrics.port: {m.host}:{m.port} cannot be served ({busy}); pick another port "
+                                   "(`run` would go on without the endpoint)")
+        else:
+            report.notes.append(f"metrics will be served on http://{m.host}:{m.port}/metrics")
     lock = RunLock(ctx.layout.lock_file)
     if lock.is_held_elsewhere():
         holder = lock.holder() or {}

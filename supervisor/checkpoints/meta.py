@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import SupervisorError
+from supervisor.fileread import check_regular
 
 
 class CheckpointError(SupervisorError):
@@ -92,6 +93,7 @@ def data_pickle_name(zf: zipfile.ZipFile) -> str:
 def read_meta(path: Path) -> CheckpointMeta:
     """Epoch and trainer name of a checkpoint, read without torch; raises CheckpointError with the reason."""
     try:
+        check_regular(path, "checkpoint file")  # a FIFO would block the reader
         size = path.stat().st_size
         if size == 0:
             raise CheckpointError("file is empty (0 bytes)")

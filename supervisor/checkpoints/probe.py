@@ -25,6 +25,7 @@ from typing import Any
 
 from supervisor.atomic import atomic_write_text
 from supervisor.checkpoints.fingerprint import network_fingerprint
+from supervisor.fileread import read_bytes
 from supervisor.trainer.protocol import RESULT_PREFIX
 
 REQUIRED_KEYS = ("network_weights", "optimizer_state", "current_epoch", "init_args", "trainer_name", "logging",
@@ -143,7 +144,7 @@ def network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool
     fingerprint = network_fingerprint(net, os.environ.get("nnUNet_extTrainer", "")) if cache else ""
     if cache is not None:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            stored = json.loads(cache.read_text())
+            stored = json.loads(read_bytes(cache, 16 << 20, "network-shape cache"))
             if stored["fingerprint"] == fingerprint:
                 return {k: tuple(v) for k, v in stored["shapes"].items()}, True
     shapes = build_network_state(net)

@@ -8,11 +8,17 @@ from pathlib import Path
 MARGIN_BYTES = 256 * 2**20  # logs, progress.png, validation outputs
 
 
-def needed_bytes(fold_dir: Path) -> int:
+def needed_bytes(fold_dir: Path, log_cap: int | None = None) -> int:
     """Room for two more of the largest checkpoint (the verified snapshot taken before the relaunch, and the
-    temporary an atomic save writes beside the old file) plus a margin."""
-    sizes = [p.stat().st_size for p in fold_dir.glob("checkpoint_*.pth") if p.is_file()]
-    return 2 * max(sizes, default=0) + MARGIN_BYTES
+    temporary an atomic save writes beside the old file), the next attempt's log (1.5 x its cap: the log keeper
+    rewrites it at that size) and a margin."""
+    sizes = []
+    for p in fold_dir.glob("checkpoint_*.pth"):
+        try:
+            sizes.append(p.stat().st_size if p.is_file() else 0)
+        except OSError:
+            continue
+    return 2 * max(sizes, default=0) + (3 * log_cap // 2 if log_cap else 0) + MARGIN_BYTES
 
 
 def free_bytes(fold_dir: Path) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.checkpoints.meta import CheckpointError, InertUnpickler, data_pickle_name
+from supervisor.fileread import check_regular
 
 
 def _crc32_function() -> Callable[[Any, int], int]:
@@ -81,9 +82,10 @@ def verify_structure(path: Path) -> StructureReport:
     """
     report = StructureReport(path)
     try:
+        check_regular(path, "checkpoint file")  # a FIFO or /dev/zero would block or never end
         size = path.stat().st_size
     except OSError as exc:
-        report.problems.append(f"cannot read: {exc.strerror}")
+        report.problems.append(f"cannot read: {exc.strerror or exc}")
         return report
     if size == 0:
         report.problems.append("file is empty (0 bytes): the write was interrupted before anything was saved")

@@ -106,6 +106,13 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
     if returncode == ExitCode.DISK_FULL and DISK_FULL_LINE in log_tail:
         # before the rules: the dataloader threads dying on the way out print "workers are no longer alive"
         return Classification("disk_full", True, _shim_line(log_tail, "disk full"))
+    if returncode == 0:
+        # the exit status comes first: a leftover traceback of a dying worker in the tail does not make a clean
+        # exit a crash (nor does nnU-Net exit 0 after a failure of its own)
+        detail = last_error_line(log_tail)
+        return Classification("exited_without_final", True,
+                              "exited 0 but the fold has no checkpoint_final.pth and validation summary"
+                              + (f" (the log's last error: {detail})" if detail else ""))
     if returncode == ExitCode.STOPPED and MARK in log_tail:
         return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "
                               "sent to it (not by this supervisor)")
@@ -114,9 +121,6 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
             detail = last_error_line(log_tail)
             summary = f"{rule.summary}: {detail}" if detail else rule.summary
             return Classification(rule.kind, rule.retryable, summary, rule.advice)
-    if returncode == 0:
-        return Classification("exited_without_final", True,
-                              "exited 0 but the fold has no checkpoint_final.pth and validation summary")
     return Classification("exit_nonzero", True, f"exited with status {returncode}")
 
 

@@ -50,7 +50,7 @@ class StallWatch:
         if self.phase == "startup":
             return self.rules.startup_grace_s
         if self.phase == "validation":
-            return max(self.rules.validation_grace_s, self.training_timeout_s())
+            return self.rules.validation_grace_s  # exactly as configured: the floor is for `auto` only
         return self.training_timeout_s()
 
     def training_timeout_s(self) -> float:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.core.stall import RECENT_EPOCHS, StallRules, StallWatch
 from supervisor.daemon.traininglog import LogFollower, LogProgress
+from supervisor.fileread import read_bytes
 from supervisor.layout import CHECKPOINT_NAMES, RunLayout
 
 
@@ -97,12 +99,14 @@ class AttemptWatch:
                                  if new is not None and new != old]
             self._marks = marks
         if self.stall.phase == "validation":
-            # nnU-Net prints per validation case to stdout and writes one file per case: both count.
-            validation = self.layout.fold_dir / "validation"
-            seen = (_stamp(self.layout.attempt_log(self.attempt)), _stamp(validation),
-                    len(list(validation.iterdir())) if validation.is_dir() else 0)
+            # Only the validation's own progress counts: a case started (nnU-Net logs "predicting <case>") or an
+            # export written (validation/, predicted_next_stage/). Arbitrary output (a warning printed in a loop by
+            # a deadlocked trainer) does not.
+            seen = (sum(p.validation_cases for p in progress), *(_entries(self.layout.fold_dir / name)
+                                                                 for name in ("validation", "predicted_next_stage")))
             if seen != self._validation_marks:
-                self.stall.progress(now, "validation output")
+                if self._validation_marks:
+                    self.stall.progress(now, "validation output")
                 self._validation_marks = seen
 
     def _feed_heartbeat(self, now: float) -> None:
@@ -114,7 +118,7 @@ class AttemptWatch:
             return
         self._beat = stamp
         try:
-            beat = json.loads(self.heartbeat.read_text())
+            beat = json.loads(read_bytes(self.heartbeat, 64 << 10, "heartbeat file"))
             epoch, iteration, phase = int(beat["epoch"]), int(beat["iteration"]), str(beat["phase"])
             gap = float(beat["max_gap_s"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -138,6 +142,23 @@ class AttemptWatch:
 def _finite(x: float | None) -> float | str | None:
     """JSON has no nan: say it in words."""
     return x if x is None or math.isfinite(x) else str(x)
+
+
+def _entries(folder: Path) -> tuple[int, int]:
+    """How many files a folder (and its subfolders, one level: predicted_next_stage/<config>/) holds, and its
+    newest mtime: grows as nnU-Net's export pool writes cases."""
+    count, newest = 0, 0
+    try:
+        for entry in os.scandir(folder):
+            count += 1
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+            if entry.is_dir(follow_symlinks=False):
+                for sub in os.scandir(entry.path):
+                    count += 1
+                    newest = max(newest, sub.stat(follow_symlinks=False).st_mtime_ns)
+    except OSError:
+        pass
+    return count, newest
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -8,9 +8,11 @@ carrying this run's marker in its environment (workers that called setsid, orpha
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -99,23 +101,46 @@ def _reap_zombie_children() -> None:
 class TrainerProcess:
     """One launched trainer: its Popen and the identity (pid + create time) recorded in state.json."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], marker: str) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], marker: str,
+                 logcap: subprocess.Popen[bytes] | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.marker = marker
+        self.logcap = logcap  # the process between the trainer's output and its attempt log, if capped
         try:
             self.create_time: float | None = psutil.Process(self.pid).create_time()
         except psutil.NoSuchProcess:
             self.create_time = None
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> TrainerProcess:
-        """Start argv in a new session, stdin from /dev/null, stdout and stderr appended to log_path."""
+    def spawn(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path,
+              log_cap: int | None = None) -> TrainerProcess:
+        """Start argv in a new session, stdin from /dev/null, stdout and stderr appended to log_path; with log_cap,
+        through supervisor.trainer.logcap, which keeps the log under about that many bytes."""
         marker = env[MARKER_VAR]
-        with open(log_path, "ab", buffering=0) as log:
-            popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
-        return cls(popen, marker)
+        if log_cap is None:
+            with open(log_path, "ab", buffering=0) as log:
+                popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+            return cls(popen, marker)
+        # The log keeper has no run marker: stopping the trainer's tree must not stop it before it has written
+        # the trainer's last words (it ends by itself once every writer is gone).
+        keeper_env = {k: v for k, v in env.items() if k != MARKER_VAR}
+        logcap = subprocess.Popen([sys.executable, "-m", "supervisor.trainer.logcap", str(log_path), str(log_cap)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=keeper_env, cwd=cwd, start_new_session=True, close_fds=True)
+        assert logcap.stdin is not None
+        try:
+            popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=logcap.stdin,
+                                     stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True,
+                                     close_fds=True)
+        except BaseException:
+            logcap.stdin.close()
+            logcap.wait()
+            raise
+        finally:
+            logcap.stdin.close()  # the trainer holds the pipe now; when its tree is gone, the keeper sees the end
+        return cls(popen, marker, logcap)
 
     def wait(self, timeout_s: float | None = None) -> int | None:
         """The exit status; with a timeout, None if it is still running then."""
@@ -123,6 +148,16 @@ class TrainerProcess:
             return self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
             return None
+
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """After the tree is gone: let the log keeper write what is left (it exits at the pipe's end)."""
+        if self.logcap is None:
+            return
+        try:
+            self.logcap.wait(timeout_s)
+        except subprocess.TimeoutExpired:  # a writer escaped the tree stop: the log is as complete as it gets
+            self.logcap.kill()
+            self.logcap.wait()
 
     def terminate(self) -> None:
         """Polite stop: SIGTERM to the whole group (the trainer and its workers)."""
@@ -143,8 +178,10 @@ class TrainerProcess:
         _signal_all(marked_processes(self.marker), signal.SIGKILL)
 
     def stop_leftovers(self, grace_s: float) -> list[int]:
-        """After the main process is gone: stop whatever of its tree is still alive."""
-        return stop_tree(self.pid, self.marker, grace_s)
+        """After the main process is gone: stop whatever of its tree is still alive, then let its log be written."""
+        stopped = stop_tree(self.pid, self.marker, grace_s)
+        self.drain()
+        return stopped
 
 
 class Trainer(Protocol):
@@ -167,8 +204,8 @@ class ProcessOps:
     """The OS behind the runner (supervisord's `options`): start the trainer, find and stop its tree, read where it
     is stuck. The runner makes no process system call of its own, so a fake of this class drives it in unit tests."""
 
-    def __init__(self, spawn: Spawner = TrainerProcess.spawn) -> None:
-        self._spawn = spawn
+    def __init__(self, spawn: Spawner | None = None, log_cap: int | None = None) -> None:
+        self._spawn: Spawner = spawn or functools.partial(TrainerProcess.spawn, log_cap=log_cap)
 
     def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> Trainer:
         return self._spawn(argv, env, log_path, cwd)

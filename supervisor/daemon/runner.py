@@ -52,8 +52,9 @@ from supervisor.daemon.publish import Facts, Publisher
 from supervisor.daemon.sensors import Sensors
 from supervisor.deploy import slurm
 from supervisor.deploy.sdnotify import Notifier
-from supervisor.errors import LaunchError
+from supervisor.errors import LaunchError, RunDirError
 from supervisor.gpu.monitor import GpuMonitor, gpu_outcome, monitor_for_run, wait_memory_released
+from supervisor.rundir import recover
 from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
@@ -76,7 +77,7 @@ class Runner:
                  notifier: Notifier | None = None,
                  on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.ctx, self.layout, self.clock, self.wall = ctx, ctx.layout, clock, wall
-        self.ops = ops or (ProcessOps(spawn) if spawn is not None else ProcessOps())
+        self.ops = ops or ProcessOps(spawn, log_cap=ctx.config.process.attempt_log_max_bytes)
         self.tick_s, self.leftover_grace_s = tick_s, leftover_grace_s
         cfg = ctx.config
         r = cfg.restart
@@ -105,9 +106,13 @@ class Runner:
     # ---- the loop ----
 
     def run(self) -> int:
-        self.layout.supervisor_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.layout.lock_file)
-        lock.acquire()  # LockedError -> exit 3, before anything is touched
+        try:
+            self.layout.supervisor_dir.mkdir(parents=True, exist_ok=True)
+            moved = recover.set_aside_wrong_kinds(self.layout)  # a FIFO or a folder in a file's place: never opened
+            lock.acquire()  # LockedError -> exit 3, before anything else is touched
+        except OSError as exc:  # exit 2, not 70: a restart cannot make a read-only folder writable
+            raise RunDirError(f"cannot use the run directory {self.layout.supervisor_dir}: {exc}") from None
         log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
         own = str(self.layout.supervisor_dir)
         # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
@@ -115,7 +120,8 @@ class Runner:
                              ignore=lambda path: path.startswith(own) and not path.endswith(".log"))
         try:
             self.ops.become_subreaper()
-            previous = self.store.load()
+            previous, damaged = recover.previous_state(self.layout)
+            self._record_all(moved + damaged)
             self.launcher.remember(previous)
             self.sensors.carry_epoch_times(previous.get("epoch_times"))
             self._stop_orphans(previous)

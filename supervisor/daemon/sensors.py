@@ -167,7 +167,7 @@ class Sensors:
 
     def disk(self) -> tuple[list[Record], DiskChecked]:
         fold = self.layout.fold_dir
-        free, needed = free_bytes(fold), needed_bytes(fold)
+        free, needed = free_bytes(fold), needed_bytes(fold, self.ctx.config.process.attempt_log_max_bytes)
         records = self.disk_watch.observe(free, needed, str(fold))
         for r in records:
             if r.event == "disk_full":

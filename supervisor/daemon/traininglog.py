@@ -6,14 +6,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.fileread import open_regular
+
 # nnU-Net writes "<timestamp>: Epoch 12" when an epoch starts and "<timestamp>: Epoch time: 2.5 s" when it ends.
 EPOCH_START = re.compile(r": Epoch (\d+)\s*$")
 EPOCH_END = re.compile(r": Epoch time: ([0-9.]+) s\s*$")
 TRAINING_DONE = re.compile(r": Training done\.\s*$")
 VALIDATION_DONE = re.compile(r": Validation complete\s*$")
+# The final validation logs "predicting <case>" as it starts each case (nnUNetTrainer.perform_actual_validation).
+VALIDATION_CASE = re.compile(r": predicting \S+\s*$")
 # Per epoch: "train_loss -0.4567", "val_loss -0.5", "Pseudo dice [0.81, 0.75]" (np.round'ed; nan stays "nan").
 TRAIN_LOSS = re.compile(r": train_loss (\S+)\s*$")
 VAL_LOSS = re.compile(r": val_loss (\S+)\s*$")
+MAX_CHUNK = 64 << 20  # read at most this much per poll (a log that grew by gigabytes is read over several polls)
 PSEUDO_DICE = re.compile(r": Pseudo dice (\[.*\])\s*$")
 
 
@@ -36,6 +41,7 @@ class LogProgress:
     epoch_times: list[float] = field(default_factory=list)
     training_done: bool = False
     validation_done: bool = False
+    validation_cases: int = 0  # cases the final validation started
     train_loss: float | None = None
     val_loss: float | None = None
     pseudo_dice: str | None = None
@@ -54,6 +60,8 @@ class LogProgress:
             self.training_done = True
         elif VALIDATION_DONE.search(line):
             self.validation_done = True
+        elif self.training_done and VALIDATION_CASE.search(line):
+            self.validation_cases += 1
         elif m := TRAIN_LOSS.search(line):
             self.train_loss = _number(m.group(1))
             nan = self.train_loss is not None and self.train_loss != self.train_loss
@@ -75,10 +83,13 @@ class LogFollower:
 
     def poll(self) -> LogProgress:
         try:
-            with self.path.open("rb") as f:
+            with open_regular(self.path) as f:
+                size = f.seek(0, 2)
+                if size < self._offset:  # rewritten shorter (a capped log, a copy put back): read it again
+                    self._offset, self._partial = 0, b""
                 f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
+                chunk = f.read(MAX_CHUNK)
+        except OSError:  # gone, or not a regular file (a FIFO put in its place must not block the supervisor)
             return self.progress
         self._offset += len(chunk)
         lines = (self._partial + chunk).split(b"\n")
@@ -96,10 +107,9 @@ def read_progress(path: Path) -> LogProgress:
 def read_tail(path: Path, max_bytes: int = 64 * 1024) -> str:
     """The last max_bytes of a file as text ('' if it does not exist)."""
     try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
+        with open_regular(path) as f:
+            size = f.seek(0, 2)
             f.seek(max(0, size - max_bytes))
-            return f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
+            return f.read(max_bytes).decode("utf-8", "replace")
+    except OSError:  # missing, or not a regular file
         return ""

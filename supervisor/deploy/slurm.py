@@ -38,6 +38,7 @@ class JobSpec:
     gres: str | None = None
     folds: str | None = None  # "0-4": a job array, one fold per task
     cpus: int | None = None
+    mem: str | None = None  # e.g. 16G: without it a SLURM that counts memory may give one job the whole node
     signal: str = PREEMPT_SIGNAL
     lead_s: int = LEAD_S
 
@@ -55,7 +56,7 @@ def render(spec: JobSpec) -> str:
         "#SBATCH --ntasks=1",
     ]
     for flag, value in (("time", spec.time), ("partition", spec.partition), ("gres", spec.gres),
-                        ("cpus-per-task", spec.cpus), ("array", spec.folds)):
+                        ("cpus-per-task", spec.cpus), ("mem", spec.mem), ("array", spec.folds)):
         if value is not None:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [
@@ -72,7 +73,7 @@ def render(spec: JobSpec) -> str:
 
 def spec_for(ctx: RunContext, python: str, *, time: str | None = None, partition: str | None = None,
              gres: str | None = None, folds: str | None = None, cpus: int | None = None,
-             lead_s: int = LEAD_S) -> JobSpec:
+             lead_s: int = LEAD_S, mem: str | None = None) -> JobSpec:
     nn = ctx.config.nnunet
     env = {"nnUNet_preprocessed": str(ctx.paths.preprocessed), "nnUNet_results": str(ctx.paths.results)}
     if ctx.paths.raw is not None:
@@ -80,13 +81,18 @@ def spec_for(ctx: RunContext, python: str, *, time: str | None = None, partition
     name = f"nnunet-{ctx.dataset_name}-{nn.configuration}" + ("" if folds else f"-f{nn.fold}")
     return JobSpec(job_name=name, python=python, config=ctx.config_path, log_dir=ctx.layout.fold_dir.parent,
                    environment=env, time=time, partition=partition, gres=gres, folds=folds, cpus=cpus,
-                   lead_s=lead_s)
+                   lead_s=lead_s, mem=mem)
 
 
 # ---- inside a job ----
 
 def job_id(env: Mapping[str, str]) -> str | None:
-    """The id `scontrol requeue` takes: the array task's own id (SLURM_JOB_ID is per task too)."""
+    """The id `scontrol requeue` takes for this job and nothing else: in an array `<array job id>_<task id>`. (An
+    array's last task has SLURM_JOB_ID equal to the array's own id, which scontrol takes as the whole array:
+    requeueing it would cancel and requeue every sibling mid-epoch.)"""
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
     return env.get("SLURM_JOB_ID") or None
 
 

@@ -42,9 +42,16 @@ class Metrics:
         self._labels = labels
         self.counters = {name: Counter(f"nnunet_supervise_{name}", f"{event} events", ["run"],
                                        registry=r).labels(**labels) for event, name in COUNTED.items()}
+        self.serving = False
         if port is not None:
-            start_http_server(port, addr=host, registry=r)
-            log.info("metrics on http://%s:%d/metrics", host, port)
+            try:
+                start_http_server(port, addr=host, registry=r)
+            except OSError as exc:  # the port is taken (another run from the same template): train without it
+                log.warning("metrics: cannot serve on %s:%d (%s); the run goes on without the endpoint%s", host, port,
+                            exc.strerror or exc, " (the textfile is still written)" if textfile else "")
+            else:
+                self.serving = True
+                log.info("metrics on http://%s:%d/metrics", host, port)
 
     def update(self, state: str, attempt: int, restarts: int, epoch: int | None, num_epochs: int | None,
                checkpoint_age_s: float | None) -> None:

@@ -6,14 +6,15 @@ import json
 import statistics
 from pathlib import Path
 
+from supervisor.fileread import read_bytes
 from supervisor.layout import CHECKPOINT_NAMES
 
 
 def num_epochs(fold_dir: Path) -> int | None:
     """The trainer's own num_epochs: nnU-Net writes every trainer attribute to debug.json at the start."""
     try:
-        return int(float(json.loads((fold_dir / "debug.json").read_text())["num_epochs"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(float(json.loads(read_bytes(fold_dir / "debug.json", 16 << 20, "debug.json"))["num_epochs"]))
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
 
 

@@ -7,6 +7,7 @@ completion of that epoch index; earlier completions were redone. Goodput = time 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.core.classify import NOT_FAILURES
+from supervisor.fileread import read_bytes
 from supervisor.layout import RunLayout
 from supervisor.rundir.eventlog import read_events
 
+log = logging.getLogger("nnunet_supervise")
+MAX_LOG_BYTES = 256 << 20  # nnU-Net writes ~1 KB per epoch
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$", re.M)
 
 
@@ -45,19 +49,29 @@ def _unix(stamp: str) -> float:
 
 
 def read_log(path: Path) -> list[Epoch]:
+    """The epochs of one nnU-Net training log; lines that do not parse (a damaged log) are passed over."""
     epochs: list[Epoch] = []
-    for stamp, text in LINE.findall(path.read_text(errors="replace")):
-        if text.startswith("Epoch ") and text[6:].isdigit():
-            epochs.append(Epoch(int(text[6:]), _unix(stamp)))
-        elif text.startswith("Epoch time:") and epochs and epochs[-1].end is None:
-            epochs[-1].end = _unix(stamp)
+    try:
+        text = read_bytes(path, MAX_LOG_BYTES, "training log").decode("utf-8", "replace")
+    except OSError as exc:
+        log.warning("%s cannot be read (%s); left out of the report", path, exc.strerror or exc)
+        return epochs
+    for stamp, line in LINE.findall(text):
+        try:
+            when = _unix(stamp)
+        except (ValueError, OverflowError, OSError):
+            continue
+        if line.startswith("Epoch ") and line[6:].isdigit():
+            epochs.append(Epoch(int(line[6:]), when))
+        elif line.startswith("Epoch time:") and epochs and epochs[-1].end is None:
+            epochs[-1].end = when
     return epochs
 
 
 def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
     events = list(read_events(layout.events_file))
     t = Timeline()
-    t.launches = [(e["ts"], int(e["attempt"])) for e in events if e["event"] == "launch"]
+    t.launches = [(e["ts"], int(e.get("attempt", 0))) for e in events if e["event"] == "launch"]
     t.failures = [(e["ts"], int(e.get("attempt", 0)), str(e.get("classification"))) for e in events
                   if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
     for path in sorted(layout.training_logs(), key=lambda p: p.stat().st_mtime):

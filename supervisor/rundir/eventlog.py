@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from supervisor.fileread import read_bytes
+
+log = logging.getLogger("nnunet_supervise")
 
 
 class EventLog:
@@ -35,8 +40,13 @@ class EventLog:
         return entry
 
     def _append(self, text: str) -> None:
-        with open(self.path, "a+b") as f:
-            if f.tell() > 0:
+        # O_NONBLOCK and a type check: a FIFO put in its place must not block the supervisor forever
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file")
+        with open(fd, "a+b") as f:
+            if f.seek(0, os.SEEK_END) > 0:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":  # a torn line (power cut, full disk): do not glue this event onto it
                     text = "\n" + text
@@ -45,16 +55,82 @@ class EventLog:
             os.fsync(f.fileno())
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Every well-formed event in the file (a torn last line after a power cut is skipped)."""
+MAX_BYTES = 256 << 20  # events are rare (a few per attempt); a file this large is not ours
+MAX_TS = 1e11  # unix seconds (the year 5138): a larger ts is garbage, and the clock functions would refuse it
+
+# Fields readers rely on and what each must be; a mistyped one is dropped from its event (its reader's default
+# applies). `ts` and `event` are required: an event without them is skipped.
+FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "attempt": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an attempt number"),
+    "returncode": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an exit status"),
+    "pid": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "a pid"),
+    "epoch": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an epoch"),
+    "epochs_completed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an epoch count"),
+    "delay_s": (lambda v: _number(v), "seconds"),
+    "retryable": (lambda v: isinstance(v, bool), "true or false"),
+    "resume": (lambda v: isinstance(v, bool), "true or false"),
+    **{name: (lambda v: isinstance(v, str), "a string")
+       for name in ("classification", "reason", "message", "summary", "kind", "path")},
+}
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class EventsReading:
+    """The well-formed events, in order, and what was wrong with the rest."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # "line N: why"
+
+
+def parse_events(raw: bytes) -> EventsReading:
+    """events.jsonl's bytes, line by line (pure: the property tests drive it with any bytes)."""
+    reading = EventsReading()
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            reading.problems.append(f"line {number}: not UTF-8")
+            continue
+        except ValueError:
+            torn = number == len(lines)  # no newline after it: the last write was cut (power cut, full disk)
+            reading.problems.append(f"line {number}: {'torn (no end)' if torn else 'not JSON'}")
+            continue
+        if not isinstance(entry, dict):
+            reading.problems.append(f"line {number}: a JSON {type(entry).__name__}, not an object")
+            continue
+        ts = entry.get("ts")
+        if not (isinstance(ts, (int, float)) and _number(ts) and 0 <= ts <= MAX_TS) \
+                or not isinstance(entry.get("event"), str):
+            reading.problems.append(f"line {number}: no valid ts and event")
+            continue
+        for key in [k for k in entry if k in FIELDS and not FIELDS[k][0](entry[k])]:
+            reading.problems.append(f"line {number}: {key} is {json.dumps(entry[key])[:40]}, not {FIELDS[key][1]}")
+            del entry[key]
+        reading.events.append(entry)
+    return reading
+
+
+def read_events(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """Every well-formed event in the file, in order; what is damaged is skipped and said once (one warning naming
+    the file and the first few lines), never raised."""
     try:
-        lines = path.read_text().splitlines()
+        raw = read_bytes(path, MAX_BYTES, "events file")
     except FileNotFoundError:
         return
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            yield entry
+    except OSError as exc:
+        if warn:
+            log.warning("%s cannot be read (%s); no events from it", path, exc.strerror or exc)
+        return
+    reading = parse_events(raw)
+    if warn and reading.problems:
+        shown = "; ".join(reading.problems[:5]) + (f"; and {len(reading.problems) - 5} more"
+                                                  if len(reading.problems) > 5 else "")
+        log.warning("%s: %d damaged line(s) or field(s) skipped: %s", path, len(reading.problems), shown)
+    yield from reading.events

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import LockedError
+from supervisor.fileread import read_bytes
 
 
 class RunLock:
@@ -38,16 +39,16 @@ class RunLock:
     def holder(self) -> dict[str, Any] | None:
         """Who wrote the lock file last (meaningful while the lock is held)."""
         try:
-            data = json.loads(self.path.read_text() or "null")
-        except (OSError, ValueError):
+            data = json.loads(read_bytes(self.path, 64 << 10, "lock file") or b"null")
+        except (OSError, ValueError):  # gone, not a regular file, garbage: nobody we can name
             return None
         return data if isinstance(data, dict) else None
 
     def is_held_elsewhere(self) -> bool:
         """True when another process holds the lock right now (does not take it)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+        except OSError:  # missing or unopenable (a directory): nobody holds our lock through it
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -217,10 +217,12 @@ def test_specific_cause_inside_a_traceback_wins_over_python_exception() -> None:
     assert classify_exit(1, OOM, False).kind == "cuda_oom"
 
 
-def test_rc0_with_traceback_but_not_finished_is_the_exception() -> None:
-    # e.g. a validation worker died but the main process still exited 0
+def test_rc0_with_traceback_but_not_finished_is_an_exit_without_final() -> None:
+    # e.g. a validation worker died but the main process still exited 0: the exit status comes first (issue #12),
+    # the traceback is named in the summary
     verdict = classify_exit(0, GENERIC, finished=False)
-    assert (verdict.kind, verdict.retryable) == ("python_exception", True)
+    assert (verdict.kind, verdict.retryable) == ("exited_without_final", True)
+    assert "the log's last error:" in verdict.summary
 
 
 def test_finished_wins_over_an_old_traceback_in_the_tail() -> None:

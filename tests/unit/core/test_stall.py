@@ -44,3 +44,13 @@ def test_validation_phase_gets_its_own_allowance() -> None:
     w.progress(0.0, "training done, final validation", "validation")
     assert w.timeout_s() == 500
     assert w.stalled(499.0) is None and w.stalled(500.0) is not None
+
+
+def test_the_validation_allowance_is_honoured_exactly_even_below_the_floor() -> None:
+    rules = StallRules(startup_grace_s=900, floor_s=120, validation_grace_s=30)
+    w = StallWatch(rules, 0.0, epoch_times=[200.0])  # auto training timeout: 400 s
+    w.progress(10.0, "training done, final validation", "validation")
+    assert w.timeout_s() == 30
+    assert w.stalled(39.9) is None
+    why = w.stalled(40.0)
+    assert why is not None and "in the validation phase (allowed 30 s)" in why

@@ -118,3 +118,33 @@ def test_cooperative_heartbeats_are_progress_and_scale_the_timeout_once_an_epoch
     assert watch.stall.beat_gap_s == 4.0 and watch.stall.timeout_s() == 12.0  # max(floor 10, 3 x 4 s)
     message = watch.stall.stalled(42.0)
     assert message is not None and "gap between heartbeats" in message
+
+
+def test_in_validation_only_cases_and_exports_count_not_a_warning_printed_in_a_loop(tmp_path: Path) -> None:
+    rules = StallRules(startup_grace_s=900, floor_s=120, validation_grace_s=30)
+    watch, layout = watch_for(tmp_path, rules)
+    log = layout.fold_dir / "training_log_new.txt"
+    write_lines(log, "Epoch 9", "Epoch time: 4.0 s", "Training done.")
+    assert watch.poll(0.0) is None and watch.stall.phase == "validation"
+    write_lines(log, "predicting tiny_000")
+    assert watch.poll(20.0) is None  # a case started: progress at 20 s
+    attempt_log = layout.attempt_log(1)
+    for now in (25.0, 30.0, 35.0, 40.0, 45.0):  # a deadlocked export pool, a warning printed every 5 s
+        with attempt_log.open("a") as f:
+            f.write("UserWarning: something repeats\n")
+        assert watch.poll(now) is None
+    alarm = watch.poll(50.0)
+    assert alarm is not None and alarm.kind == "stall" and "allowed 30 s" in alarm.message
+
+
+def test_exports_to_the_next_stage_count_as_validation_progress(tmp_path: Path) -> None:
+    rules = StallRules(startup_grace_s=900, floor_s=120, validation_grace_s=30)
+    watch, layout = watch_for(tmp_path, rules)
+    write_lines(layout.fold_dir / "training_log_new.txt", "Epoch 9", "Epoch time: 4.0 s", "Training done.")
+    watch.poll(0.0)
+    stage = layout.fold_dir / "predicted_next_stage" / "3d_cascade_fullres"
+    stage.mkdir(parents=True)
+    for i, now in enumerate((25.0, 50.0, 75.0)):
+        (stage / f"tiny_{i:03d}.npz").write_bytes(b"x")
+        assert watch.poll(now) is None
+    assert watch.poll(104.0) is None and watch.poll(105.0) is not None

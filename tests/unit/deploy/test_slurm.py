@@ -60,3 +60,12 @@ def test_the_cli_prints_both_renderings(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "supervisor", "slurm", str(ctx.config_path), "--folds", "a-b"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--folds: got 'a-b'" in bad.stderr
+
+
+def test_inside_an_array_only_this_task_is_named_for_the_requeue() -> None:
+    # the array's last task: SLURM_JOB_ID is the array's own id, which scontrol would take as the whole array
+    env = {"SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "1"}
+    assert slurm.job_id(env) == "40_1"
+    assert slurm.job_id({"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "0"}) == "40_0"
+    assert slurm.job_id({"SLURM_JOB_ID": "7"}) == "7"
+    assert slurm.job_id({}) is None

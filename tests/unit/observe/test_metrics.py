@@ -79,3 +79,25 @@ def test_the_textfile_is_written_for_node_exporter(tmp_path: Path) -> None:
     assert s["nnunet_supervise_epoch"] == 42 and s["nnunet_supervise_stalls_total"] == 1
     assert s["nnunet_supervise_state{state=running}"] == 1 and s["nnunet_supervise_state{state=failed}"] == 0
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.process
+def test_a_port_already_taken_fails_check_and_the_run_goes_on_without_the_endpoint(tmp_path: Path) -> None:
+    from supervisor.preflight import full_check, port_in_use
+    from supervisor.rundir.eventlog import read_events
+    from tests.conftest import FakeClock, FakeOps
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        assert port_in_use("127.0.0.1", port) == "Address already in use"
+        plan = [{"epochs": [0, 2], "outcome": "finish"}]
+        ctx = make_ctx(tmp_path, plan, metrics={"port": port})
+        report = full_check(ctx)
+        assert any(p.startswith(f"metrics.port: 127.0.0.1:{port} cannot be served (Address already in use)")
+                   for p in report.problems)
+        runner = Runner(ctx, ops=FakeOps(plan), clock=FakeClock(), tick_s=0.01)
+        assert runner.run() == 0  # not 70, which systemd would restart forever
+        assert runner.metrics is not None and not runner.metrics.serving
+        assert [e["event"] for e in read_events(ctx.layout.events_file)] == ["launch", "exit", "finished"]
