@@ -238,7 +238,7 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     """Verify one checkpoint file (0 usable, 1 not): zip structure and CRCs, content, and compatibility."""
     from supervisor.checkpoints.verdict import Verdict
     from supervisor.checkpoints.verify import ProbeError, expectations, network_request, structure_verdict, verify_all
-    from supervisor.command import build_env
+    from supervisor.command import helper_env
     from supervisor.fileread import kind_of
 
     expect: dict[str, Any] = {}
@@ -246,7 +246,7 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     env: dict[str, str] = dict(os.environ)
     if against is not None:
         ctx = _load(against)
-        expect, network, env = expectations(ctx), network_request(ctx), build_env(ctx, attempt=0)
+        expect, network, env = expectations(ctx), network_request(ctx), helper_env(ctx)
     net_error = None
     kind = kind_of(checkpoint)
     if kind is not None:  # checked first: a FIFO would block a reader, /dev/zero would never end

@@ -68,3 +68,13 @@ def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = No
         env[SAVE_EVERY_S_VAR] = "" if coop.save_every_s is None else repr(coop.save_every_s)
         env[HEARTBEAT_VAR] = str(ctx.layout.heartbeat_file)
     return env
+
+
+def helper_env(ctx: RunContext) -> dict[str, str]:
+    """The environment of our short-lived helpers (checkpoint probe, trainer lookup): the trainer's (nnU-Net's
+    folders, the custom trainers), but without the run marker and attempt: a helper is not part of the trainer's
+    tree, which is found by that marker and stopped as a whole."""
+    env = build_env(ctx, attempt=0)
+    env.pop(MARKER_VAR, None)
+    env.pop(ATTEMPT_VAR, None)
+    return env

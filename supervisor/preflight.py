@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.command import build_env, trainer_command
+from supervisor.command import helper_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
 from supervisor.rundir.lock import RunLock
@@ -170,7 +170,7 @@ def full_check(ctx: RunContext) -> Report:
     report = Report()
     cheap_checks(ctx, report)
     nn = ctx.config.nnunet
-    found = find_trainer(nn.trainer, build_env(ctx, attempt=0))
+    found = find_trainer(nn.trainer, helper_env(ctx))
     if found.get("found"):
         report.notes.append(f"trainer {nn.trainer} found in {found.get('file')}")
     else:

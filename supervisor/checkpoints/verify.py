@@ -29,7 +29,23 @@ from supervisor.trainer.protocol import RESULT_PREFIX
 __all__ = ["ProbeError", "Verdict", "VerdictCache", "expectations", "network_request", "probe", "structure_verdict",
            "verify_all"]
 
-NICE = 10  # background verification yields the CPU to the training
+NICE = 19  # where SCHED_IDLE is not available
+
+
+def background(pid: int) -> None:
+    """Make a verification running beside the training take only CPU time the training leaves idle.
+
+    SCHED_IDLE (Linux), not just a nice value: a niced process still gets a tenth of a core, and torch's parallel
+    regions on a busy CPU wait for their slowest thread, so even that slice made a 2-core CPU training's epochs twice
+    as long. Set at once after the start, while the probe is still importing (preexec_fn is unsafe beside threads).
+    """
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, NICE)
+        except OSError:
+            pass
 
 
 class ProbeError(SupervisorError):
@@ -60,10 +76,7 @@ def probe(candidates: list[str], expect: Mapping[str, Any], network: Mapping[str
         proc = subprocess.Popen([sys.executable, "-m", "supervisor.checkpoints.probe", f.name], env=dict(env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         if nice:
-            try:  # at once, while it is still importing torch (preexec_fn is not safe beside threads)
-                os.setpriority(os.PRIO_PROCESS, proc.pid, NICE)
-            except OSError:
-                pass
+            background(proc.pid)
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -20,7 +20,7 @@ from supervisor.checkpoints.plan import ResumePlan
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.checkpoints.verdict import Verdict
 from supervisor.checkpoints.verify import VerdictCache, expectations, network_request
-from supervisor.command import build_env
+from supervisor.command import helper_env
 from supervisor.context import RunContext
 from supervisor.core.messages import Event, LaunchFailed, Prepared
 
@@ -43,7 +43,7 @@ class Launcher:
         self.store = CheckpointStore(ctx.layout, cfg.checkpoint.snapshots)
         self.checker = prepare.Checker(
             expectations(ctx), network_request(ctx, cache=ctx.layout.supervisor_dir / "network-shapes.json"),
-            build_env(ctx, attempt=0), VerdictCache())
+            helper_env(ctx), VerdictCache())
         self.ahead = AheadVerifier(self._verify_ahead)
         self.memory = prepare.Memory()
         self.expect_epoch: int | None = None  # the epoch the prepared attempt must resume at
