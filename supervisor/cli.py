@@ -44,12 +44,37 @@ def _fail(exc: SupervisorError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _load(config: Path, fold: str | None = None) -> RunContext:
+def _load(config: Path, fold: str | None = None, configuration: str | None = None) -> RunContext:
     try:
-        return RunContext.load(config, fold)
+        return RunContext.load(config, fold, configuration)
     except SupervisorError as exc:
         _fail(exc)
         raise  # unreachable; keeps type checkers content
+
+
+def _experiment(config: Path, command: str, **flags: object) -> bool:
+    """Is CONFIG an experiment file (to be handled whole by supervisor.experiment.commands)? Flags that only make
+    sense for one run are refused for it, naming the command."""
+    from supervisor.config import read_document
+    from supervisor.expfile import is_experiment
+
+    try:
+        whole = is_experiment(read_document(config.resolve()))
+    except SupervisorError as exc:
+        _fail(exc)
+    given = [name for name, value in flags.items() if value]
+    if whole and given:
+        _fail(ConfigError([f"{command} of an experiment file covers all of it; {', '.join(given)} is for one run"],
+                          str(config)))
+    return whole
+
+
+def _experiment_command(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run an experiment command; its SupervisorError becomes the message and exit code."""
+    try:
+        return fn(*args)
+    except SupervisorError as exc:
+        _fail(exc)
 
 
 @click.group(cls=_DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,8 +87,10 @@ def main() -> None:
 @CONFIG_ARG
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--fold", default=None, help="Override nnunet.fold (a SLURM job array passes its task id).")
-def run(config: Path, verbose: bool, fold: str | None) -> None:
-    """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75).
+@click.option("--configuration", default=None, help="With --fold: one cell of an experiment file.")
+def run(config: Path, verbose: bool, fold: str | None, configuration: str | None) -> None:
+    """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75); an experiment file:
+    every configuration and fold, then find_best_configuration (0 all done, 1 incomplete, 75 stopped).
 
     Exit codes: 0 finished, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped on request,
     70 the supervisor itself crashed (a bug: the trainer's tree is stopped; a restart resumes).
@@ -74,7 +101,17 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    ctx = _load(config, fold)
+    if fold is None and configuration is None and _experiment(config, "run"):
+        from supervisor.experiment import commands
+
+        try:
+            sys.exit(_experiment_command(commands.run, config, level))
+        except SystemExit:
+            raise
+        except Exception:  # a bug of ours: 70, which a systemd unit restarts (the folds train on meanwhile)
+            logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
+            sys.exit(ExitCode.CRASHED)
+    ctx = _load(config, fold, configuration)
     report = Report()
     cheap_checks(ctx, report)
     if not report.ok:
@@ -102,9 +139,15 @@ def run(config: Path, verbose: bool, fold: str | None) -> None:
               help="Write the timeline picture (PNG) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def report(config: Path, output: Path | None, as_json: bool) -> None:
-    """Goodput, epochs redone, restarts and failures of a run; -o draws the timeline (epoch over wall time)."""
+    """Goodput, epochs redone, restarts and failures of a run; -o draws the timeline (epoch over wall time). An
+    experiment: makespan and goodput; -o draws its folds as bars over wall time per device."""
     from supervisor.observe.report import plot, summary, timeline
 
+    if _experiment(config, "report"):
+        from supervisor.experiment import commands
+
+        _experiment_command(commands.report, config, output, as_json)
+        return
     ctx = _load(config)
     t = timeline(ctx.layout)
     numbers = summary(t)
@@ -125,13 +168,15 @@ def report(config: Path, output: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the JSON schema of run.yaml (for editors: yaml-language-server, VS Code)."""
+@click.option("--experiment", is_flag=True, help="The schema of an experiment file instead.")
+def schema(experiment: bool) -> None:
+    """Print the JSON schema of run.yaml, or of an experiment file (for editors: yaml-language-server, VS Code)."""
     from supervisor.config import Config
+    from supervisor.expfile import ExperimentFile
 
-    doc = Config.model_json_schema()
+    doc = (ExperimentFile if experiment else Config).model_json_schema()
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    doc["title"] = "nnunet-supervise run.yaml"
+    doc["title"] = "nnunet-supervise experiment file" if experiment else "nnunet-supervise run.yaml"
     click.echo(json.dumps(doc, indent=2))
 
 
@@ -190,10 +235,17 @@ def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) ->
 
     from supervisor.deploy.systemd import enable_hint, render, spec_for, unit_name
 
-    ctx = _load(config)
     who = run_as or getpass.getuser()
-    text = render(spec_for(ctx, sys.executable, None if who == "root" else who, user_unit))
-    name = unit_name(ctx.config_path)
+    user = None if who == "root" else who
+    if _experiment(config, "systemd"):
+        from supervisor.experiment.commands import unit_spec
+        from supervisor.experiment.context import ExperimentContext
+
+        exp = _experiment_command(ExperimentContext.load, config)
+        text, name = render(unit_spec(exp, sys.executable, user, user_unit)), unit_name(exp.config_path)
+    else:
+        ctx = _load(config)
+        text, name = render(spec_for(ctx, sys.executable, user, user_unit)), unit_name(ctx.config_path)
     if not install:
         click.echo(text, nl=False)
         return
@@ -219,13 +271,20 @@ def check(config: Path) -> None:
     """Validate the config and pre-flight the run without launching (0 ok, 2 problems)."""
     from supervisor.preflight import full_check
 
-    ctx = _load(config)
-    report = full_check(ctx)
+    if _experiment(config, "check"):
+        from supervisor.experiment.commands import checks
+        from supervisor.experiment.context import ExperimentContext
+
+        exp = _experiment_command(ExperimentContext.load, config)
+        report, where = checks(exp, deep=True), exp.config_path
+    else:
+        ctx = _load(config)
+        report, where = full_check(ctx), ctx.config_path
     for note in report.notes:
         click.echo(f"ok    {note}")
     for problem in report.problems:
         click.echo(f"FAIL  {problem}")
-    click.echo(f"{ctx.config_path}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
+    click.echo(f"{where}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
     sys.exit(0 if report.ok else ExitCode.USAGE)
 
 
@@ -291,6 +350,15 @@ def stop(config: Path, wait_s: float | None) -> None:
     """Ask the run's live supervisor to stop resumably (as SIGTERM does; for UPS hooks and people). 0 sent, 1 not."""
     from supervisor.observe.control import request_stop
 
+    if _experiment(config, "stop"):
+        from supervisor.experiment import commands
+
+        try:
+            commands.stop(config, wait_s)
+        except SupervisorError as exc:
+            click.echo(f"nnunet-supervise: {exc}", err=True)
+            sys.exit(exc.exit_code if isinstance(exc, ConfigError) else 1)
+        return
     ctx = _load(config)
     try:
         pid = request_stop(ctx, reason="nnunet-supervise stop", wait_s=wait_s)
@@ -307,6 +375,11 @@ def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""
     from supervisor.observe.status import gather
 
+    if _experiment(config, "status"):
+        from supervisor.experiment import commands
+
+        _experiment_command(commands.status, config, as_json)
+        return
     ctx = _load(config)
     layout = ctx.layout
     live = RunLock(layout.lock_file).is_held_elsewhere()

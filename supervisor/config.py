@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,12 +28,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class NnunetSection(_Section):
-    """What to train: the arguments of nnUNetv2_train."""
+class NnunetCommon(_Section):
+    """What to train, for one fold or a whole experiment: the arguments of nnUNetv2_train but the configuration and
+    the fold."""
 
     dataset: Union[int, str]
-    configuration: str
-    fold: Union[int, Literal["all"]] = 0
     trainer: str = "nnUNetTrainer"
     plans: str = "nnUNetPlans"
     device: Literal["cuda", "cpu", "mps"] = "cuda"
@@ -55,25 +54,11 @@ class NnunetSection(_Section):
             raise ValueError("a dataset id from 1 to 999 or a full name like Dataset901_Tiny")
         return v
 
-    @field_validator("fold")
-    @classmethod
-    def _fold(cls, v: Union[int, str]) -> Union[int, str]:
-        if isinstance(v, int) and v < 0:
-            raise ValueError('a fold number 0, 1, 2, ... or "all"')
-        return v
-
     @field_validator("trainer", "plans")
     @classmethod
     def _identifier(cls, v: str) -> str:
         if not IDENTIFIER_RE.match(v):
             raise ValueError("a Python identifier (letters, digits, underscore)")
-        return v
-
-    @field_validator("configuration")
-    @classmethod
-    def _configuration(cls, v: str) -> str:
-        if not v or "/" in v or v.strip() != v:
-            raise ValueError("a configuration name from the plans, e.g. 3d_fullres or 2d")
         return v
 
     @field_validator("extra_args")
@@ -88,10 +73,32 @@ class NnunetSection(_Section):
         return v
 
     @model_validator(mode="after")
-    def _gpus(self) -> NnunetSection:
+    def _gpus(self) -> NnunetCommon:
         if self.num_gpus > 1 and self.device != "cuda":
             raise ValueError(f"num_gpus > 1 only with device: cuda (nnU-Net's DDP is CUDA only; got {self.num_gpus})")
         return self
+
+
+def check_configuration(v: str) -> str:
+    if not v or "/" in v or v.strip() != v:
+        raise ValueError("a configuration name from the plans, e.g. 3d_fullres or 2d")
+    return v
+
+
+def check_fold(v: Union[int, str]) -> Union[int, str]:
+    if isinstance(v, int) and v < 0:
+        raise ValueError('a fold number 0, 1, 2, ... or "all"')
+    return v
+
+
+class NnunetSection(NnunetCommon):
+    """What to train: the arguments of nnUNetv2_train."""
+
+    configuration: str
+    fold: Union[int, Literal["all"]] = 0
+
+    _configuration = field_validator("configuration")(classmethod(lambda cls, v: check_configuration(v)))
+    _fold = field_validator("fold")(classmethod(lambda cls, v: check_fold(v)))
 
 
 class PathsSection(_Section):
@@ -201,10 +208,10 @@ class NotifySection(_Section):
     repeated_failures: int = Field(3, ge=1)  # this many failed attempts in a row -> one notification
 
 
-class Config(_Section):
-    """A whole run.yaml."""
+class RunSections(_Section):
+    """Everything of a run.yaml but its nnunet section: shared by a fold's run.yaml and an experiment file (where
+    it is the default for every fold)."""
 
-    nnunet: NnunetSection
     paths: PathsSection = PathsSection()
     restart: RestartSection = RestartSection()
     process: ProcessSection = ProcessSection()
@@ -215,11 +222,21 @@ class Config(_Section):
     metrics: MetricsSection = MetricsSection()
     notify: NotifySection = NotifySection()
 
+
+def check_cooperative(cooperative: CooperativeSection, nnunet: NnunetCommon) -> None:
+    if cooperative.enabled and nnunet.num_gpus != 1:
+        raise ValueError(f"cooperative.enabled: true needs nnunet.num_gpus: 1 (got {nnunet.num_gpus}); "
+                         "multi-GPU (DDP) training runs without the shim")
+
+
+class Config(RunSections):
+    """A whole run.yaml."""
+
+    nnunet: NnunetSection
+
     @model_validator(mode="after")
     def _cooperative_single_process(self) -> Config:
-        if self.cooperative.enabled and self.nnunet.num_gpus != 1:
-            raise ValueError(f"cooperative.enabled: true needs nnunet.num_gpus: 1 (got {self.nnunet.num_gpus}); "
-                             "multi-GPU (DDP) training runs without the shim")
+        check_cooperative(self.cooperative, self.nnunet)
         return self
 
 
@@ -241,7 +258,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
-    return list(model.model_fields)
+    keys = list(model.model_fields)
+    # The order a person reads them in (inheritance puts a subclass's own fields last).
+    first = [k for k in ("experiment", "nnunet", "dataset", "configuration", "fold") if k in keys]
+    return first + [k for k in keys if k not in first]
 
 
 def _key_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
@@ -265,10 +285,10 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(path)
 
 
-def _describe(loc: tuple[Any, ...], kind: str, value: Any, msgs: list[str]) -> str:
+def _describe(model: type[BaseModel], loc: tuple[Any, ...], kind: str, value: Any, msgs: list[str]) -> str:
     path = ".".join(str(p) for p in loc) or "(top level)"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(Config, loc)
+        allowed = _allowed_keys(model, loc)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{path}: unknown key{hint}; allowed here: {', '.join(allowed)}"
@@ -277,15 +297,18 @@ def _describe(loc: tuple[Any, ...], kind: str, value: Any, msgs: list[str]) -> s
     return f"{path}: got {value!r}; allowed: " + " or ".join(msgs)
 
 
-def parse_config(data: Any, source: str = "config") -> Config:
-    """Validate an already-parsed YAML document."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, source: str) -> M:
+    """Validate a parsed YAML document against model; every problem named by its key path."""
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping with an 'nnunet' section, got {type(data).__name__}"],
                           source)
     # An empty section (`paths:` with nothing under it) reads as null in YAML: treat it as all defaults.
     data = {k: ({} if v is None and k != "nnunet" else v) for k, v in data.items()}
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         # A Union reports once per member: merge those into one line per key path.
         grouped: dict[tuple[Any, ...], tuple[str, Any, list[str]]] = {}
@@ -295,11 +318,16 @@ def parse_config(data: Any, source: str = "config") -> Config:
             _kind, _value, msgs = grouped.setdefault(loc, (err["type"], err.get("input"), []))
             if msg not in msgs:
                 msgs.append(msg)
-        raise ConfigError([_describe(loc, *v) for loc, v in grouped.items()], source) from None
+        raise ConfigError([_describe(model, loc, *v) for loc, v in grouped.items()], source) from None
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate run.yaml."""
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate an already-parsed run.yaml document."""
+    return validate(Config, data, source)
+
+
+def read_document(path: Path) -> Any:
+    """The YAML document in path (any YAML value); ConfigError naming the file when it cannot be read or parsed."""
     try:
         raw = read_bytes(path, MAX_CONFIG_BYTES, "config file")
     except OSError as exc:  # missing, unreadable, a directory or FIFO (never opened blocking), far too large
@@ -310,13 +338,17 @@ def load_config(path: Path) -> Config:
         raise ConfigError([f"not UTF-8 text: byte {exc.start} is 0x{raw[exc.start]:02x} ({exc.reason}); save the file "
                            "as UTF-8 (YAML's encoding)"], str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
-    return parse_config(data, str(path))
 
 
-def resolve_paths(cfg: Config, base: Path, environ: dict[str, str] | None = None) -> ResolvedPaths:
+def load_config(path: Path) -> Config:
+    """Read and validate run.yaml."""
+    return parse_config(read_document(path), str(path))
+
+
+def resolve_paths(cfg: RunSections, base: Path, environ: dict[str, str] | None = None) -> ResolvedPaths:
     """Fill nnU-Net folders from the environment; relative paths count from the config file's folder."""
     env = os.environ if environ is None else environ
     values: dict[str, Path | None] = {}

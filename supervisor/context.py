@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from supervisor.config import Config, ResolvedPaths, load_config, resolve_paths, trainer_paths
+from supervisor.config import Config, ResolvedPaths, parse_config, read_document, resolve_paths, trainer_paths
 from supervisor.errors import ConfigError
+from supervisor.expfile import is_experiment, parse_experiment
 from supervisor.layout import RunLayout, resolve_dataset_name
 
 
@@ -22,13 +24,24 @@ class RunContext:
     trainer_paths: list[Path]
 
     @classmethod
-    def load(cls, config_path: Path, fold: int | str | None = None) -> RunContext:
+    def load(cls, config_path: Path, fold: int | str | None = None, configuration: str | None = None) -> RunContext:
         """Load and resolve; raises ConfigError naming what is wrong. `fold` overrides nnunet.fold (a SLURM
-        job array runs one config for several folds)."""
+        job array runs one config for several folds). From an experiment file, the run of one of its cells: both
+        `configuration` and `fold` are then needed."""
         config_path = config_path.resolve()
-        cfg = load_config(config_path)
-        if fold is not None:
-            cfg = cfg.model_copy(update={"nnunet": cfg.nnunet.model_copy(update={"fold": parse_fold(fold)})})
+        doc = read_document(config_path)
+        if is_experiment(doc):
+            if configuration is None or fold is None:
+                raise ConfigError(["this is an experiment file: `run` supervises all of it; one of its folds is "
+                                   "`run FILE --configuration C --fold F`"], str(config_path))
+            cfg = parse_experiment(doc, str(config_path)).fold_config(configuration, parse_fold(fold))
+        else:
+            if configuration is not None:
+                raise ConfigError([f"--configuration: only with an experiment file (this run.yaml trains "
+                                   f"nnunet.configuration; got {configuration!r})"], str(config_path))
+            cfg = parse_config(doc, str(config_path))
+            if fold is not None:
+                cfg = cfg.model_copy(update={"nnunet": cfg.nnunet.model_copy(update={"fold": parse_fold(fold)})})
         base = config_path.parent
         try:
             paths = resolve_paths(cfg, base)
@@ -41,11 +54,11 @@ class RunContext:
         return cls(config_path, cfg, paths, name, layout, trainer_paths(cfg, base))
 
 
-def parse_fold(value: int | str) -> int | str:
+def parse_fold(value: int | str) -> int | Literal["all"]:
     """A fold as nnU-Net takes it: 0, 1, ... or "all"."""
     text = str(value).strip()
     if text == "all":
-        return text
+        return "all"
     if text.isdigit():
         return int(text)
     raise ConfigError([f'--fold: got {value!r}; allowed: a fold number 0, 1, 2, ... or "all"'], "command line")

@@ -43,6 +43,11 @@ class RunLayout:
                 / f"fold_{self.fold}")
 
     @property
+    def place(self) -> Path:
+        """What messages name for this run."""
+        return self.fold_dir
+
+    @property
     def supervisor_dir(self) -> Path:
         return self.fold_dir / "supervisor"
 

@@ -108,8 +108,9 @@ def verify_structure(path: Path) -> StructureReport:
                 _check_members(zf, report)
     except zipfile.BadZipFile as exc:
         report.problems.append(f"not a readable zip archive ({exc}): truncated or not a torch checkpoint")
-    except (ValueError, struct.error, OSError) as exc:
-        report.problems.append(f"zip structure damaged: {exc}")
+    except Exception as exc:  # a damaged zip fails in many ways (zipfile raises NotImplementedError for a garbled
+        # version field, EOFError, struct.error, ...): each means "damaged", never a crash of the supervisor
+        report.problems.append(f"zip structure damaged: {type(exc).__name__}: {exc}")
     return report
 
 

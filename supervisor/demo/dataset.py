@@ -55,10 +55,13 @@ def nnunet_env(raw: Path, preprocessed: Path, results: Path) -> dict[str, str]:
     return env
 
 
+CONFIGURATIONS = ("3d_fullres", "2d")  # two, so that an experiment has something to choose between
+
+
 def preprocess(raw: Path, preprocessed: Path, results: Path) -> None:
-    """Run nnU-Net's own planning and preprocessing for the 3d_fullres configuration."""
+    """Run nnU-Net's own planning and preprocessing for the 3d_fullres and 2d configurations."""
     tool = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
-    argv = [str(tool), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1", "--verify_dataset_integrity"]
+    argv = [str(tool), "-d", str(DATASET_ID), "-c", *CONFIGURATIONS, "-np", "1", "--verify_dataset_integrity"]
     subprocess.run(argv, env=nnunet_env(raw, preprocessed, results), check=True,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -71,4 +74,8 @@ def make_dataset(root: Path) -> tuple[Path, Path, Path]:
     if not (pre / DATASET_NAME / "nnUNetPlans.json").exists():
         write_raw_dataset(raw)
         preprocess(raw, pre, res)
+    elif not (pre / DATASET_NAME / "nnUNetPlans_2d").is_dir():  # a cache made before 2d was preprocessed
+        tool = Path(sys.executable).parent / "nnUNetv2_preprocess"
+        subprocess.run([str(tool), "-d", str(DATASET_ID), "-c", "2d", "-np", "1"], env=nnunet_env(raw, pre, res),
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     return raw, pre, res

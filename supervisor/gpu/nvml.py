@@ -74,6 +74,7 @@ class Nvml(Protocol):
     def remapped_rows(self, handle: object) -> tuple[int, int, bool, bool]: ...
     def recovery_action(self, handle: object) -> int: ...
     def compute_processes(self, handle: object) -> list[tuple[int, int | None]]: ...
+    def memory_total(self, handle: object) -> int: ...
 
 
 class RealNvml:
@@ -175,6 +176,9 @@ class RealNvml:
             raise NvmlError("not_supported", f"recovery action field: NVML return {value.nvmlReturn}")
         member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
         return int(getattr(value.value, member.get(value.valueType, "uiVal")))
+
+    def memory_total(self, handle: object) -> int:
+        return int(self._call("nvmlDeviceGetMemoryInfo", handle).total)
 
     def compute_processes(self, handle: object) -> list[tuple[int, int | None]]:
         procs = self._call(("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",

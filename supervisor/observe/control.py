@@ -9,13 +9,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Union
+from pathlib import Path
+from typing import Protocol, Union
 
 import psutil
 
 from supervisor.context import RunContext
 from supervisor.errors import SupervisorError
-from supervisor.layout import RunLayout
 from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 
 # Marks in a process's argv that say it is one of ours (`python -m supervisor`, the nnunet-supervise script).
 SUPERVISOR_MARKS = ("nnunet-supervise", "supervisor")
+
+
+class RunFiles(Protocol):
+    """A supervisor's files: a fold's run directory (RunLayout) or an experiment's folder."""
+
+    @property
+    def lock_file(self) -> Path: ...
+    @property
+    def state_file(self) -> Path: ...
+    @property
+    def events_file(self) -> Path: ...
+    @property
+    def place(self) -> Path: ...
 
 
 class NotRunning(SupervisorError):
@@ -47,9 +60,9 @@ def _pid(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _find_pid(layout: RunLayout) -> int:
+def _find_pid(layout: RunFiles) -> int:
     """The pid of the supervisor that holds the run's lock now; raises NotRunning when none does."""
-    run = layout.fold_dir
+    run = layout.place
     lock = RunLock(layout.lock_file)
     # Same flock as RunLock.acquire; taking it shared (and dropping it at once) proves nobody holds it.
     if not lock.is_held_elsewhere():
@@ -96,7 +109,7 @@ def _open_verified(pid: int, run: object) -> int | None:
     return pidfd
 
 
-def request_stop(run: Union[RunContext, RunLayout], reason: str = "stop requested", *,
+def request_stop(run: Union[RunContext, RunFiles], reason: str = "stop requested", *,
                  wait_s: float | None = None, poll_s: float = 0.2,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> int:
@@ -107,13 +120,13 @@ def request_stop(run: Union[RunContext, RunLayout], reason: str = "stop requeste
     layout = run.layout if isinstance(run, RunContext) else run
     pid = _find_pid(layout)
     try:
-        pidfd = _open_verified(pid, layout.fold_dir)
+        pidfd = _open_verified(pid, layout.place)
     except (ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
         # The lock is held, so by someone else than the pid on record: do not guess who.
-        raise StopRefused(f"run {layout.fold_dir}: its lock is held but the supervisor pid {pid} on record is not "
+        raise StopRefused(f"run {layout.place}: its lock is held but the supervisor pid {pid} on record is not "
                           "alive; find the holder with `fuser` or `lsof` on the lock file") from None
     except psutil.AccessDenied:
-        raise StopRefused(f"run {layout.fold_dir}: not allowed to inspect pid {pid}; "
+        raise StopRefused(f"run {layout.place}: not allowed to inspect pid {pid}; "
                           "run this as its owner or root") from None
     try:
         if pidfd is not None:
@@ -121,14 +134,14 @@ def request_stop(run: Union[RunContext, RunLayout], reason: str = "stop requeste
         else:
             os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        raise NotRunning(f"run {layout.fold_dir}: its supervisor pid {pid} exited just now; nothing to stop") from None
+        raise NotRunning(f"run {layout.place}: its supervisor pid {pid} exited just now; nothing to stop") from None
     except PermissionError:
-        raise StopRefused(f"run {layout.fold_dir}: not allowed to signal supervisor pid {pid}; "
+        raise StopRefused(f"run {layout.place}: not allowed to signal supervisor pid {pid}; "
                           "run this as its owner or root") from None
     finally:
         if pidfd is not None:
             os.close(pidfd)
-    log.info("sent SIGTERM to supervisor pid %d of %s (%s)", pid, layout.fold_dir, reason)
+    log.info("sent SIGTERM to supervisor pid %d of %s (%s)", pid, layout.place, reason)
     # SIGTERM carries no reason, so leave it in the run's record; never create the file (as root, say),
     # which would lock the supervisor out of its own log.
     if layout.events_file.exists():
@@ -142,7 +155,7 @@ def request_stop(run: Union[RunContext, RunLayout], reason: str = "stop requeste
         lock = RunLock(layout.lock_file)
         while lock.is_held_elsewhere():
             if clock() >= deadline:
-                raise StopTimeout(f"run {layout.fold_dir}: supervisor pid {pid} was sent SIGTERM but is still "
+                raise StopTimeout(f"run {layout.place}: supervisor pid {pid} was sent SIGTERM but is still "
                                   f"running after {wait_s:g} s (stopping the trainer takes up to stop_grace_s); "
                                   "wait longer or check `nnunet-supervise status`")
             sleep(poll_s)

@@ -157,8 +157,11 @@ def test_every_example_config_is_valid() -> None:
     import yaml
 
     from supervisor.config import parse_config
+    from supervisor.expfile import is_experiment, parse_experiment
 
     examples = sorted((REPO / "configs").glob("*.yaml"))
-    assert [p.name for p in examples] == ["slurm.yaml", "systemd.yaml", "workstation.yaml"]
+    assert [p.name for p in examples] == ["experiment.yaml", "slurm.yaml", "systemd.yaml", "workstation.yaml"]
     for path in examples:
-        parse_config(yaml.safe_load(path.read_text()), str(path))  # raises ConfigError naming the problem
+        doc = yaml.safe_load(path.read_text())
+        # raises ConfigError naming the problem
+        parse_experiment(doc, str(path)) if is_experiment(doc) else parse_config(doc, str(path))

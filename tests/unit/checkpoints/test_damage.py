@@ -67,3 +67,14 @@ def test_damage_is_never_called_usable_unless_it_loads_as_the_original(tmp_path:
     loaded, problems, _ = check_content(str(path), EXPECT)
     if loaded is not None and not problems:  # usable: then it is the original, byte for byte where it matters
         assert same(loaded, content), (how, at, n)
+
+
+def test_a_garbled_version_needed_field_is_damage_not_a_crash(tmp_path: Path,
+                                                             original: tuple[bytes, Any]) -> None:
+    # found by the property above: zipfile raises NotImplementedError ("zip file version 6.4") for it
+    raw = bytearray(original[0])
+    raw[raw.find(b"PK\x01\x02") + 6] = 64  # a central directory entry's "version needed to extract": 6.4
+    path = tmp_path / "checkpoint_latest.pth"
+    path.write_bytes(bytes(raw))
+    report = verify_structure(path)
+    assert not report.ok and "NotImplementedError" in report.problems[0]

@@ -115,6 +115,9 @@ class FakeNvml:
     def recovery_action(self, handle: object) -> int:
         return int(self._reading(handle, "recovery_action"))
 
+    def memory_total(self, handle: object) -> int:
+        return 80 * 2**30  # an H100
+
     def compute_processes(self, handle: object) -> list[tuple[int, int | None]]:
         script = self.procs.get(str(handle), [[]])
         return script.pop(0) if len(script) > 1 else script[0]  # the last poll's answer repeats

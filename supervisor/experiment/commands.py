@@ -1,0 +1,123 @@
+"""The CLI's commands for an experiment file (`run`, `check`, `status`, `stop`, `report`); the CLI dispatches here
+when the file has an `experiment` section and turns SupervisorError into messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from supervisor.deploy.systemd import UnitSpec, spec_for
+from supervisor.errors import ConfigError
+from supervisor.experiment.context import ExperimentContext
+from supervisor.experiment.devices import pool
+from supervisor.preflight import Report, cheap_checks, full_check, port_in_use
+
+
+def checks(exp: ExperimentContext, deep: bool) -> Report:
+    """What `check` says (deep: also the trainer lookup subprocess); `run` uses the cheap part."""
+    report = Report()
+    report.notes.append(f"experiment: {len(exp.configurations)} configuration(s) x "
+                        f"{len(exp.spec.experiment.folds)} fold(s) = {len(exp.cells)} cell(s): "
+                        f"{', '.join(exp.configurations)}")
+    for later, earlier in exp.waits_for.items():
+        if later in exp.configurations:
+            report.notes.append(f"{later} starts once every fold of {earlier} finished (its validation writes "
+                                f"{later}'s inputs)")
+    try:
+        _, _, line = pool(exp)
+        report.notes.append(f"devices: {line}")
+    except ConfigError as exc:
+        report.problems += exc.problems
+    for i, configuration in enumerate(exp.configurations):
+        ctx = exp.run(next(c for c in exp.cells if c.configuration == configuration))
+        sub = Report()
+        if deep and i == 0:
+            sub = full_check(ctx)  # the trainer lookup (a subprocess) once: every cell uses the same trainer
+        else:
+            cheap_checks(ctx, sub)
+        report.problems += [f"{configuration}: {p}" for p in sub.problems]
+        report.notes += [f"{configuration}: {n}" for n in sub.notes]
+    splits = exp.preprocessed / "splits_final.json"
+    report.notes.append(f"{splits} {'exists' if splits.exists() else 'will be written once, before folds start'}")
+    m = exp.spec.metrics
+    if m.port is not None:
+        busy = port_in_use(m.host, m.port)
+        if busy:
+            report.problems.append(f"metrics.port: {m.host}:{m.port} cannot be served ({busy})")
+    return report
+
+
+def run(path: Path, level: int) -> int:
+    from supervisor.experiment.supervise import ExperimentSupervisor
+
+    exp = ExperimentContext.load(path)
+    report = checks(exp, deep=False)
+    if not report.ok:
+        raise ConfigError(report.problems, str(exp.config_path))
+    logging.getLogger("nnunet_supervise").setLevel(level)
+    return ExperimentSupervisor(exp).run()
+
+
+def status(path: Path, as_json: bool) -> None:
+    from supervisor.experiment.view import status as gather
+    from supervisor.experiment.view import table
+
+    info = gather(ExperimentContext.load(path))
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else table(info))
+
+
+def stop(path: Path, wait_s: float | None) -> None:
+    from supervisor.experiment.supervise import stop_everything
+    from supervisor.observe.control import NotRunning, request_stop
+
+    exp = ExperimentContext.load(path)
+    try:
+        pid = request_stop(exp.layout, reason="nnunet-supervise stop", wait_s=wait_s)
+        click.echo(f"asked experiment supervisor pid {pid} to stop every fold resumably"
+                   + (" ; it has exited" if wait_s is not None else ""))
+        return
+    except NotRunning:
+        pass
+    stopped = stop_everything(exp)  # a killed experiment supervisor's folds train on: stop them one by one
+    if not stopped:
+        raise NotRunning(f"experiment {exp.layout.root}: neither its supervisor nor any fold supervisor is running; "
+                         "nothing to stop")
+    click.echo(f"no experiment supervisor is running; asked {len(stopped)} fold supervisor(s) to stop resumably: "
+               + ", ".join(stopped))
+
+
+def report(path: Path, output: Path | None, as_json: bool) -> None:
+    from supervisor.experiment.view import gantt
+    from supervisor.experiment.view import report as numbers_of
+
+    exp = ExperimentContext.load(path)
+    numbers = gantt(exp, output) if output is not None else numbers_of(exp)
+    numbers.pop("bars", None)
+    if output is not None:
+        numbers["picture"] = str(output)
+    if as_json:
+        click.echo(json.dumps(numbers, indent=2, default=str))
+        return
+    click.echo(f"makespan {numbers['makespan_s'] / 60:.1f} min on {', '.join(numbers['devices']) or 'no device'}, "
+               f"goodput {numbers['goodput']:.1%}, {numbers['fold_starts']} fold start(s), "
+               f"{numbers['failures']} failure(s)")
+    for cell, n in numbers["folds"].items():
+        click.echo(f"  {cell}: {n['epochs_kept']} epochs kept, {n['epochs_redone']} redone, {n['restarts']} restarts")
+    if output is not None:
+        click.echo(f"gantt: {output}")
+
+
+
+def unit_spec(exp: ExperimentContext, python: str, user: str | None, user_unit: bool) -> UnitSpec:
+    """One systemd unit for the whole experiment: it runs the experiment supervisor, whose stop stops every fold
+    (in parallel: the unit waits as long as one fold's stop takes, plus a margin)."""
+    one = spec_for(exp.run(exp.cells[0]), python, user, user_unit)
+    nn = exp.spec.nnunet
+    return replace(one, name=exp.config_path.stem, stop_timeout_s=one.stop_timeout_s + 60,
+                   description=f"nnU-Net {nn.dataset} experiment ({', '.join(exp.configurations)} x "
+                               f"{len(exp.spec.experiment.folds)} folds, {nn.trainer}), nnunet-supervise "
+                               f"{exp.config_path}")

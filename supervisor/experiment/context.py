@@ -1,0 +1,159 @@
+"""An experiment file, resolved: nnU-Net's folders, the dataset, its configurations in training order with what each
+waits for, the cells (configuration x fold), and the experiment's own folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from supervisor.config import ResolvedPaths, read_document, resolve_paths
+from supervisor.context import RunContext, parse_fold
+from supervisor.errors import ConfigError
+from supervisor.expfile import ExperimentFile, parse_experiment
+from supervisor.fileread import read_bytes
+from supervisor.layout import RunLayout, resolve_dataset_name
+
+Fold = Union[int, Literal["all"]]
+# nnU-Net's own order (its documentation trains them so); the cascade after its low-resolution stage.
+KNOWN_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One fold of one configuration: what one fold supervisor trains."""
+
+    configuration: str
+    fold: Fold
+
+    @property
+    def name(self) -> str:
+        return f"{self.configuration}/fold_{self.fold}"
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """The experiment's own folder, beside the trainer folders under nnUNet_results/<dataset>/."""
+
+    root: Path  # nnUNet_results/<dataset>/nnunet-supervise__<experiment file name>
+
+    @property
+    def place(self) -> Path:
+        return self.root
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def events_file(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "experiment.lock"
+
+    def fold_log(self, cell: Cell) -> Path:
+        """The fold supervisor's own output (its trainer's is in the fold's attempt logs)."""
+        return self.root / "folds" / f"{cell.configuration}__fold_{cell.fold}.log"
+
+
+def plans_configurations(plans: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plans' configurations with `inherits_from` resolved (the cascade inherits 3d_fullres's data)."""
+    raw = plans.get("configurations")
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        merged: dict[str, Any] = {}
+        chain, seen = entry, set()
+        while isinstance(chain, dict) and name not in seen:
+            merged = {**chain, **merged}
+            parent = chain.get("inherits_from")
+            seen.add(str(parent))
+            chain = raw.get(parent) if isinstance(parent, str) else None
+        out[str(name)] = merged
+    return out
+
+
+@dataclass(frozen=True)
+class ExperimentContext:
+    """One experiment file, resolved."""
+
+    config_path: Path
+    spec: ExperimentFile
+    paths: ResolvedPaths
+    dataset_name: str
+    configurations: list[str]  # in training order
+    waits_for: dict[str, str]  # configuration -> the configuration all of whose folds it needs first
+    data_identifiers: dict[str, str]  # configuration -> its preprocessed data's folder name
+    cells: list[Cell]
+    layout: ExperimentLayout
+
+    @classmethod
+    def load(cls, config_path: Path) -> ExperimentContext:
+        config_path = config_path.resolve()
+        source = str(config_path)
+        spec = parse_experiment(read_document(config_path), source)
+        try:
+            paths = resolve_paths(spec, config_path.parent)
+            roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
+            name = resolve_dataset_name(spec.nnunet.dataset, roots)
+            configurations, waits_for, idents = _configurations(spec, paths.preprocessed / name)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source) from None
+        folds = [parse_fold(f) for f in spec.experiment.folds]
+        cells = [Cell(c, f) for c in configurations for f in folds]
+        layout = ExperimentLayout(paths.results / name / f"nnunet-supervise__{config_path.stem}")
+        return cls(config_path, spec, paths, name, configurations, waits_for, idents, cells, layout)
+
+    def run(self, cell: Cell) -> RunContext:
+        """The fold supervisor's view of one cell (as `run FILE --configuration C --fold F` loads it)."""
+        return RunContext.load(self.config_path, cell.fold, cell.configuration)
+
+    def fold_layout(self, cell: Cell) -> RunLayout:
+        nn = self.spec.nnunet
+        return RunLayout(self.paths.results, self.dataset_name, nn.trainer, nn.plans, cell.configuration, cell.fold)
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.paths.preprocessed / self.dataset_name
+
+
+def _configurations(spec: ExperimentFile, dataset: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The configurations to train, in order, and their dependencies; ConfigError for what cannot be trained."""
+    plans_file = dataset / f"{spec.nnunet.plans}.json"
+    try:
+        plans = json.loads(read_bytes(plans_file, 64 << 20, "plans file"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"nnunet.plans: cannot read {plans_file} ({exc}); run nnUNetv2_plan_and_preprocess first"]
+                          ) from None
+    available = plans_configurations(plans if isinstance(plans, dict) else {})
+
+    def preprocessed(name: str) -> bool:
+        ident = available[name].get("data_identifier")
+        return isinstance(ident, str) and (dataset / ident).is_dir()
+
+    asked = spec.experiment.configurations
+    if asked is None:  # every configuration in the plans whose preprocessed data is there
+        chosen = [c for c in available if preprocessed(c)]
+    else:
+        unknown = [c for c in asked if c not in available]
+        if unknown:
+            raise ConfigError([f"experiment.configurations: {', '.join(unknown)} not in {plans_file.name}; "
+                               f"available: {', '.join(available) or 'none'}"])
+        chosen = list(asked)
+    if not chosen:
+        raise ConfigError([f"experiment.configurations: none of {', '.join(available)} has its preprocessed data in "
+                           f"{dataset}; run nnUNetv2_preprocess"])
+    order = {c: i for i, c in enumerate(KNOWN_ORDER)}
+    chosen.sort(key=lambda c: (order.get(c, len(order)), c))
+    waits_for = {c: str(available[c]["previous_stage"]) for c in chosen
+                 if isinstance(available[c].get("previous_stage"), str)}
+    for later, earlier in waits_for.items():  # a stage after the one it needs
+        if earlier in chosen and chosen.index(earlier) > chosen.index(later):
+            chosen.remove(later)
+            chosen.insert(chosen.index(earlier) + 1, later)
+    idents = {c: str(available[c].get("data_identifier", "")) for c in chosen}
+    return chosen, waits_for, idents

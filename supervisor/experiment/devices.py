@@ -1,0 +1,93 @@
+"""The experiment's devices and what one fold takes of them: GPUs from NVML (or the list given), their memory, and a
+fold's estimated GPU memory; or CPU slots.
+
+Capacity and need share one unit per pool: with `per_gpu: N` (or on the CPU) a device holds N folds of need 1;
+with `per_gpu: auto` a GPU holds its memory in bytes and a fold needs its estimated peak times the margin, until a
+fold of that configuration was measured (GpuMemory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.errors import ConfigError
+from supervisor.experiment.context import ExperimentContext
+from supervisor.experiment.schedule import Device
+from supervisor.gpu.nvml import Nvml, NvmlError, RealNvml, resolve_gpus
+
+log = logging.getLogger("nnunet_supervise")
+
+GIB = 2**30
+# nnU-Net's planners size patch and batch for a GPU-memory target; the plans do not record it, their name does.
+PLANNER_TARGET_GB = {"nnUNetResEncUNetMPlans": 8, "nnUNetResEncUNetLPlans": 24, "nnUNetResEncUNetXLPlans": 40}
+DEFAULT_TARGET_GB = 8  # ExperimentPlanner's gpu_memory_target_in_gb
+OVERHEAD_GB = 1.5  # the CUDA context, cuDNN workspaces, allocator slack beyond the planner's estimate
+
+
+def estimated_need(plans_name: str, margin: float) -> float:
+    """Bytes one fold may take on a GPU: the planner's target (from the plans' name), overhead, margin."""
+    target = next((gb for name, gb in PLANNER_TARGET_GB.items() if plans_name.startswith(name)), DEFAULT_TARGET_GB)
+    return (target + OVERHEAD_GB) * margin * GIB
+
+
+def pool(exp: ExperimentContext,
+         nvml_factory: Callable[[], Nvml] = RealNvml) -> tuple[list[Device], dict[str, float], str]:
+    """(devices, need per configuration, a line for the log); ConfigError where the file asks for what is not there."""
+    spec = exp.spec
+    devices_cfg = spec.experiment.devices
+    if spec.nnunet.device != "cuda":
+        devices = [Device(spec.nnunet.device, float(devices_cfg.slots))]
+        return devices, {c: 1.0 for c in exp.configurations}, \
+            f"{spec.nnunet.device}: {devices_cfg.slots} fold(s) at once (experiment.devices.slots)"
+    wanted = None if devices_cfg.gpus == "auto" else [str(g) for g in devices_cfg.gpus]
+    found, totals, notes = _gpus(nvml_factory, wanted)
+    if not found:
+        if wanted is None:
+            raise ConfigError([f"experiment.devices.gpus: auto found no GPU through NVML ({'; '.join(notes)}); list "
+                               "them, or train with nnunet.device: cpu"])
+        found, totals = wanted, {}  # listed but not seen (no NVML here): trust the list, pack by count
+    per_gpu = devices_cfg.per_gpu
+    if per_gpu != "auto" or not totals:
+        count = 1 if per_gpu == "auto" else int(per_gpu)
+        return [Device(g, float(count)) for g in found], {c: 1.0 for c in exp.configurations}, \
+            f"GPUs {', '.join(found)}: {count} fold(s) each"
+    need = estimated_need(spec.nnunet.plans, devices_cfg.memory_margin) * spec.nnunet.num_gpus
+    devices = [Device(g, float(totals[g])) for g in found]
+    per = ", ".join(f"{g}: {int(totals[g] // need)}" for g in found)
+    return devices, {c: need for c in exp.configurations}, \
+        f"GPUs packed by memory (a fold estimated at {need / GIB:.1f} GiB until measured): {per} fold(s)"
+
+
+def _gpus(nvml_factory: Callable[[], Nvml], wanted: list[str] | None) -> tuple[list[str], dict[str, int], list[str]]:
+    try:
+        nvml = nvml_factory()
+        nvml.init()
+    except Exception as exc:  # no driver, no library: the caller decides whether that is fatal
+        return [], {}, [f"NVML unavailable: {exc}"]
+    try:
+        gpus, notes = resolve_gpus(nvml, wanted)
+        totals: dict[str, int] = {}
+        for g in gpus:
+            with contextlib.suppress(NvmlError):
+                totals[g.label] = nvml.memory_total(g.handle)
+        if len(totals) != len(gpus):
+            totals = {}  # one unknown: pack by count instead
+        return [g.label for g in gpus], totals, notes
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.shutdown()
+
+
+def peak_by_pid(nvml: Any, gpus: list[str]) -> dict[int, int]:
+    """GPU memory per process on these GPUs now (NVML's compute processes): for measuring a fold's peak."""
+    out: dict[int, int] = {}
+    devices, _ = resolve_gpus(nvml, gpus)
+    for dev in devices:
+        with contextlib.suppress(NvmlError):
+            for pid, used in nvml.compute_processes(dev.handle):
+                if used:
+                    out[pid] = out.get(pid, 0) + used
+    return out

@@ -1,0 +1,129 @@
+"""An experiment file: a run.yaml whose nnunet section leaves out configuration and fold and that has an
+`experiment` section; every other section is the default for each fold. `fold_config` yields the run.yaml of one
+(configuration, fold) cell, which the fold supervisor runs exactly as a single run."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from supervisor.config import (
+    Config,
+    MetricsSection,
+    NnunetCommon,
+    NnunetSection,
+    RunSections,
+    _Section,
+    check_configuration,
+    check_cooperative,
+    check_fold,
+    validate,
+)
+from supervisor.errors import ConfigError
+
+NPZ = "--npz"  # nnUNetv2_train: keep the validation's softmax, which find_best_configuration needs to ensemble
+
+
+class DevicesSection(_Section):
+    """Where the folds run and how many at once."""
+
+    gpus: Union[Literal["auto"], list[Union[int, str]]] = "auto"  # auto: every GPU NVML sees; or indexes / UUIDs
+    per_gpu: Union[Literal["auto"], int] = "auto"  # folds sharing one GPU: auto packs by memory
+    slots: int = Field(1, ge=1)  # device cpu (or mps): folds at once
+    # extension: auto packing keeps this factor of headroom over a fold's estimated or measured peak GPU memory
+    memory_margin: float = Field(1.25, ge=1.0)
+
+    @field_validator("per_gpu")
+    @classmethod
+    def _per_gpu(cls, v: Union[str, int]) -> Union[str, int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError('"auto" or a number of folds >= 1')
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: Union[str, list[Union[int, str]]]) -> Union[str, list[Union[int, str]]]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError('"auto" or a non-empty list of GPU indexes or UUIDs')
+            for g in v:
+                if (isinstance(g, int) and g < 0) or (isinstance(g, str) and not g.startswith(("GPU-", "MIG-"))
+                                                       and not g.isdigit()):
+                    raise ValueError('"auto" or a list of GPU indexes (0, 1, ...) or UUIDs (GPU-..., MIG-...)')
+            if len({str(g) for g in v}) != len(v):
+                raise ValueError("a list of distinct GPUs")
+        return v
+
+
+class ExperimentSection(_Section):
+    """Which cells (configuration x fold) to train, where, and what to do once they all finished."""
+
+    configurations: Union[list[str], None] = None  # null: every configuration in the plans with its data there
+    folds: list[Union[int, Literal["all"]]] = [0, 1, 2, 3, 4]
+    devices: DevicesSection = DevicesSection()
+    find_best: bool = True  # nnUNetv2_find_best_configuration once every fold finished
+    npz: bool = True  # pass --npz to every fold so that find_best can ensemble configurations
+    fold_restarts: int = Field(3, ge=0)  # extension: a fold supervisor that crashed (exit 70) is started again
+
+    @field_validator("configurations")
+    @classmethod
+    def _configurations(cls, v: Union[list[str], None]) -> Union[list[str], None]:
+        if v is not None:
+            if not v:
+                raise ValueError("null (every configuration in the plans) or a non-empty list")
+            for c in v:
+                check_configuration(c)
+            if len(set(v)) != len(v):
+                raise ValueError("a list of distinct configuration names")
+        return v
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: list[Union[int, str]]) -> list[Union[int, str]]:
+        if not v:
+            raise ValueError('a non-empty list of folds (0, 1, ... or "all")')
+        for f in v:
+            check_fold(f)
+        if len({str(f) for f in v}) != len(v):
+            raise ValueError("a list of distinct folds")
+        return v
+
+
+class ExperimentFile(RunSections):
+    """A whole experiment file."""
+
+    experiment: ExperimentSection
+    nnunet: NnunetCommon
+
+    @model_validator(mode="after")
+    def _cooperative_single_process(self) -> ExperimentFile:
+        check_cooperative(self.cooperative, self.nnunet)
+        return self
+
+    def fold_config(self, configuration: str, fold: Union[int, Literal["all"]]) -> Config:
+        """The run.yaml of one cell: this file's sections, its configuration and fold, --npz when asked; the
+        experiment serves the metrics for all folds, so a fold serves none of its own."""
+        nn = self.nnunet.model_dump()
+        if self.experiment.npz and NPZ not in nn["extra_args"]:
+            nn["extra_args"] = [*nn["extra_args"], NPZ]
+        sections = {name: getattr(self, name) for name in RunSections.model_fields}
+        return Config(nnunet=NnunetSection(**nn, configuration=configuration, fold=fold),
+                      **{**sections, "metrics": MetricsSection()})
+
+
+def is_experiment(doc: Any) -> bool:
+    return isinstance(doc, dict) and "experiment" in doc
+
+
+def parse_experiment(doc: Any, source: str) -> ExperimentFile:
+    """Validate an experiment file; a configuration or fold under nnunet is named as what it is."""
+    nn = doc.get("nnunet") if isinstance(doc, dict) else None
+    if isinstance(nn, dict):
+        misplaced = [k for k in ("configuration", "fold") if k in nn]
+        if misplaced:
+            raise ConfigError([f"nnunet.{k}: not in an experiment file; list them under experiment.{k}s"
+                               for k in misplaced], source)
+    if isinstance(doc, dict) and doc.get("experiment") is None:
+        doc = {**doc, "experiment": {}}  # `experiment:` with nothing under it: all defaults
+    return validate(ExperimentFile, doc, source)

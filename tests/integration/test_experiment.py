@@ -1,0 +1,100 @@
+"""A real CPU experiment on the tiny dataset: two configurations x two folds, two at a time; one trainer SIGKILLed,
+the experiment supervisor SIGKILLed and started again once. It ends with every checkpoint_final.pth and
+find_best_configuration's output, and no fold trained twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from supervisor.experiment.context import Cell, ExperimentContext
+from supervisor.rundir.eventlog import read_events
+from supervisor.rundir.statefile import StateStore
+from tests.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.integration
+TRAINERS = REPO / "tests" / "trainers"
+
+
+def experiment_file(tmp_path: Path, raw: Path, pre: Path) -> Path:
+    doc: dict[str, Any] = {
+        "experiment": {"configurations": ["3d_fullres", "2d"], "folds": [0, 1], "devices": {"slots": 2}},
+        "nnunet": {"dataset": 901, "trainer": "nnUNetTrainer_Short", "device": "cpu",
+                   "trainer_paths": [str(TRAINERS)], "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
+        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(tmp_path / "res")},
+        "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
+        "cooperative": {"enabled": True},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def start(path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(path)], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+def fold_events(exp: ExperimentContext, cell: Cell) -> list[dict[str, Any]]:
+    return list(read_events(exp.fold_layout(cell).events_file))
+
+
+def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_supervisor(
+        tmp_path: Path, tiny_dataset: tuple[Path, Path]) -> None:
+    raw, pre = tiny_dataset
+    path = experiment_file(tmp_path, raw, pre)
+    exp = ExperimentContext.load(path)
+    assert exp.configurations == ["2d", "3d_fullres"]
+    log = tmp_path / "experiment.log"
+    sup = start(path, log)
+    try:
+        # the experiment supervisor is SIGKILLed while the first two folds train; they train on
+        first = exp.fold_layout(Cell("2d", 0))
+        wait_for(lambda: (StateStore(first.state_file).load().get("epoch") or 0) >= 1, 300, "2d fold 0 at epoch 1")
+        sup.send_signal(signal.SIGKILL)
+        sup.wait(30)
+        sup = start(path, log)  # it finds them by their locks and follows them
+        # a trainer of the next configuration is SIGKILLed; its fold supervisor resumes it
+        victim = exp.fold_layout(Cell("3d_fullres", 1))
+        pid = wait_for(lambda: (StateStore(victim.state_file).load().get("epoch") or 0) >= 1
+                       and StateStore(victim.state_file).load().get("pid"), 400, "3d_fullres fold 1 at epoch 1")
+        os.kill(pid, signal.SIGKILL)
+        assert sup.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    text = log.read_text()
+    assert "found 2 fold(s) run by live supervisors" in text
+    for cell in exp.cells:
+        assert exp.fold_layout(cell).is_finished(), cell
+        evs = fold_events(exp, cell)
+        launches = [e for e in evs if e["event"] == "launch"]
+        exits = [e for e in evs if e["event"] == "exit"]
+        assert [e["event"] for e in evs].count("finished") == 1 and evs[-1]["event"] == "finished"
+        # never two trainers of one fold: each launch after the previous attempt's exit
+        for later, earlier_exit in zip(launches[1:], exits, strict=False):
+            assert later["ts"] >= earlier_exit["ts"]
+        expected = 2 if cell == Cell("3d_fullres", 1) else 1
+        assert len(launches) == expected, (cell, launches)
+    assert (exp.layout.root / "inference_instructions.txt").is_file()
+    assert "nnUNetv2_predict" in (exp.layout.root / "inference_instructions.txt").read_text()
+    ours = [e["event"] for e in read_events(exp.layout.events_file)]
+    # each cell started once: the first supervisor started the 2d folds, the second followed them and started the rest
+    assert ours.count("fold_started") == 4 and "find_best" in ours and ours[-1] == "finished"
+    state = StateStore(exp.layout.state_file).load()
+    assert state["state"] == "done" and state["exit_code"] == 0
+    status = subprocess.run([sys.executable, "-m", "supervisor", "status", str(path), "--json"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert status.returncode == 0 and '"finished": 4' in status.stdout
+    gantt = tmp_path / "gantt.png"
+    report = subprocess.run([sys.executable, "-m", "supervisor", "report", str(path), "-o", str(gantt)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert report.returncode == 0 and gantt.stat().st_size > 10_000, report.stderr
