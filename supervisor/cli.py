@@ -191,13 +191,25 @@ def schema(experiment: bool) -> None:
 @click.option("--folds", default=None, help="A job array over folds, e.g. 0-4: one fold per task.")
 @click.option("--lead", "lead_s", type=click.IntRange(min=30), default=300, show_default=True,
               help="Seconds before the time limit that SIGUSR1 arrives: room to finish an epoch and save.")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None,
+              help="An experiment: at most this many array tasks at once (%N).")
+@click.option("--parsable", is_flag=True, help="With --submit: print only the job ids, one a line.")
 def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | None, gres: str | None,
-          cpus: int | None, mem: str | None, folds: str | None, lead_s: int) -> None:
-    """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint."""
+          cpus: int | None, mem: str | None, folds: str | None, lead_s: int, max_parallel: int | None,
+          parsable: bool) -> None:
+    """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint. An
+    experiment: a job chain (an array of the cells, the cascade's array after every lowres task, find_best last)."""
     import subprocess
 
     from supervisor.deploy import slurm as sl
 
+    if _experiment(config, "slurm", **{"--folds": folds}):
+        from supervisor.experiment import commands, slurmchain
+
+        opts = slurmchain.Options(sys.executable, time=time_limit, partition=partition, gres=gres, cpus=cpus, mem=mem,
+                                lead_s=lead_s, max_parallel=max_parallel)
+        _experiment_command(commands.slurm_chain, config, opts, submit, parsable)
+        return
     ctx = _load(config)
     if folds is not None and not all(part.strip().isdigit() for chunk in folds.split(",")
                                      for part in chunk.split("-", 1)):
@@ -220,7 +232,7 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
     if r.returncode != 0:
         click.echo(f"nnunet-supervise: sbatch failed: {r.stderr.strip()}", err=True)
         sys.exit(ExitCode.GAVE_UP)
-    click.echo(f"submitted job {r.stdout.strip()} ({script}); logs in {spec.log_dir}")
+    click.echo(r.stdout.strip() if parsable else f"submitted job {r.stdout.strip()} ({script}); logs in {spec.log_dir}")
 
 
 @main.command()
@@ -289,16 +301,46 @@ def check(config: Path) -> None:
 
 
 @main.command()
+@CONFIG_ARG
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write one file per manifest into this folder (default: print them).")
+def kubernetes(config: Path, output: Path | None) -> None:
+    """An experiment as Kubernetes Jobs: an Indexed Job over its cells, the cascade's, find_best's."""
+    from supervisor.experiment import commands
+
+    _experiment_command(commands.kubernetes, config, output)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--configuration", "configurations", multiple=True, help="Wait for these configurations' folds only.")
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+def wait(config: Path, configurations: tuple[str, ...], poll_s: float) -> None:
+    """Block until an experiment's folds finished (0), or one gave up (1): orders Kubernetes Jobs."""
+    from supervisor.experiment import commands
+
+    sys.exit(_experiment_command(commands.wait, config, configurations, poll_s))
+
+
+@main.command("find-best")
+@CONFIG_ARG
+def find_best(config: Path) -> None:
+    """An experiment's last step alone: nnUNetv2_find_best_configuration once every fold finished (0 / 1)."""
+    from supervisor.experiment import commands
+
+    sys.exit(_experiment_command(commands.find_best, config))
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.option("--against", "against", type=click.Path(path_type=Path, dir_okay=False),
               help="A run.yaml: also check trainer/configuration/fold and the network its trainer builds.")
 def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     """Verify one checkpoint file (0 usable, 1 not): zip structure and CRCs, content, and compatibility."""
-    from supervisor.checkpoints.verdict import Verdict
-    from supervisor.checkpoints.verify import ProbeError, expectations, network_request, structure_verdict, verify_all
+    from supervisor.checkpoints.verdict import describe
+    from supervisor.checkpoints.verify import expectations, network_request, verify_file
     from supervisor.command import helper_env
-    from supervisor.fileread import kind_of
 
     expect: dict[str, Any] = {}
     network = None
@@ -306,39 +348,8 @@ def verify(checkpoint: Path, as_json: bool, against: Path | None) -> None:
     if against is not None:
         ctx = _load(against)
         expect, network, env = expectations(ctx), network_request(ctx), helper_env(ctx)
-    net_error = None
-    kind = kind_of(checkpoint)
-    if kind is not None:  # checked first: a FIFO would block a reader, /dev/zero would never end
-        verdict = Verdict(str(checkpoint), problems=["no such file" if kind == "missing"
-                                                     else f"is {kind}, not a checkpoint file"])
-    else:
-        try:
-            (verdict,), net_error = verify_all([checkpoint], expect, network, env)
-        except ProbeError as exc:
-            verdict = structure_verdict(checkpoint)
-            verdict.problems.append(f"content check could not run: {exc}")
-            verdict.content_ok = False
-    # Asked to check against a run whose trainer cannot even build its network: not a usable answer either.
-    ok = verdict.ok and not net_error
-    if net_error:
-        verdict.problems.append(f"compatibility not checked: the trainer's network could not be built: {net_error}")
-    if as_json:
-        click.echo(json.dumps({**verdict.to_json(), "ok": ok}, indent=2))
-    else:
-        levels = [("structure", verdict.structure_ok), ("content", verdict.content_ok),
-                  ("compatibility", verdict.compatible)]
-        click.echo(f"{checkpoint}: {'usable' if ok else 'NOT usable'} (epoch {verdict.epoch})")
-        for name, passed in levels:
-            click.echo(f"  {name:<14}{'-' if passed is None else 'ok' if passed else 'FAILED'}")
-        for p in verdict.problems:
-            click.echo(f"  problem: {p}")
-        for title, items in (("missing key", verdict.missing_keys), ("unexpected key", verdict.unexpected_keys)):
-            for k in items:
-                click.echo(f"  {title}: {k}")
-        for key, ck, net in verdict.shape_mismatches:
-            click.echo(f"  shape mismatch: {key}: checkpoint {ck}, network {net}")
-        for h in verdict.hints:
-            click.echo(f"  hint: {h}")
+    verdict, ok = verify_file(checkpoint, expect, network, env)
+    click.echo(json.dumps({**verdict.to_json(), "ok": ok}, indent=2) if as_json else describe(verdict, ok))
     sys.exit(0 if ok else 1)
 
 
@@ -373,7 +384,7 @@ def stop(config: Path, wait_s: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""
-    from supervisor.observe.status import gather
+    from supervisor.observe.status import gather, text
 
     if _experiment(config, "status"):
         from supervisor.experiment import commands
@@ -387,22 +398,4 @@ def status(config: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    click.echo(f"run        {layout.fold_dir}")
-    click.echo(f"state      {info['state']}{' (supervisor running)' if live else ''}")
-    click.echo(f"attempt    {info['attempt']} (restarts {info['restarts']})")
-    total = f"/{info['num_epochs']}" if info["num_epochs"] else ""
-    eta = f", about {info['eta_s'] / 60:.0f} min to go" if info["eta_s"] is not None else ""
-    click.echo(f"epoch      {info['epoch']}{total} (furthest {info['best_epoch']}){eta}")
-    age = info["last_checkpoint_age_s"]
-    click.echo(f"checkpoints {', '.join(info['checkpoints']) or 'none'}"
-               + (f" (newest: epoch {info['last_checkpoint_epoch']}, {age:.0f} s ago)" if age is not None else ""))
-    if info["last_failure"]:
-        lf = info["last_failure"]
-        click.echo(f"last failure {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lf['ts']))} attempt "
-                   f"{lf['attempt']}: {lf['classification']}")
-    if info["last_exit"]:
-        le = info["last_exit"]
-        click.echo(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")
-    if info["last_event"]:
-        ev = info["last_event"]
-        click.echo(f"last event {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['ts']))} {ev['event']}")
+    click.echo(text(info, layout.fold_dir))

@@ -90,11 +90,38 @@ class ExperimentSection(_Section):
         return v
 
 
+class VolumeSource(_Section):
+    """Where one of nnU-Net's folders comes from in a pod: a PersistentVolumeClaim or a path on the node."""
+
+    pvc: Union[str, None] = None
+    host_path: Union[str, None] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> VolumeSource:
+        if (self.pvc is None) == (self.host_path is None):
+            raise ValueError("exactly one of pvc (a claim's name) or host_path (a folder on the node)")
+        return self
+
+
+class KubernetesSection(_Section):
+    """How `kubernetes EXPERIMENT` renders its Jobs (nothing here is used by `run`)."""
+
+    image: Union[str, None] = None  # the user's image: nnU-Net, torch and nnunet-supervise installed
+    namespace: Union[str, None] = None
+    parallelism: Union[int, None] = Field(None, ge=1)  # pods at once; default: from experiment.devices
+    shm_size: str = "16Gi"  # /dev/shm as memory: a container's 64 MB default kills nnU-Net's augmentation workers
+    cpu: Union[str, None] = None  # requests per pod, e.g. "8"
+    memory: Union[str, None] = None  # e.g. "64Gi"
+    # the three folders, mounted at the paths the experiment file names (so the file works unchanged in a pod)
+    volumes: dict[Literal["nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"], VolumeSource] = {}
+
+
 class ExperimentFile(RunSections):
     """A whole experiment file."""
 
     experiment: ExperimentSection
     nnunet: NnunetCommon
+    kubernetes: KubernetesSection = KubernetesSection()
 
     @model_validator(mode="after")
     def _cooperative_single_process(self) -> ExperimentFile:

@@ -35,3 +35,16 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, **asdict(self)}
+
+
+def describe(v: Verdict, ok: bool) -> str:
+    """`verify` for a person: each level, the problems, the keys, the hints."""
+    lines = [f"{v.path}: {'usable' if ok else 'NOT usable'} (epoch {v.epoch})"]
+    for name, passed in (("structure", v.structure_ok), ("content", v.content_ok), ("compatibility", v.compatible)):
+        lines.append(f"  {name:<14}{'-' if passed is None else 'ok' if passed else 'FAILED'}")
+    lines += [f"  problem: {p}" for p in v.problems]
+    for title, items in (("missing key", v.missing_keys), ("unexpected key", v.unexpected_keys)):
+        lines += [f"  {title}: {k}" for k in items]
+    lines += [f"  shape mismatch: {key}: checkpoint {ck}, network {net}" for key, ck, net in v.shape_mismatches]
+    lines += [f"  hint: {h}" for h in v.hints]
+    return "\n".join(lines)

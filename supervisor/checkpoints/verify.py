@@ -24,10 +24,11 @@ from supervisor.checkpoints.structure import verify_structure
 from supervisor.checkpoints.verdict import Verdict
 from supervisor.context import RunContext
 from supervisor.errors import SupervisorError
+from supervisor.fileread import kind_of
 from supervisor.trainer.protocol import RESULT_PREFIX
 
 __all__ = ["ProbeError", "Verdict", "VerdictCache", "expectations", "network_request", "probe", "structure_verdict",
-           "verify_all"]
+           "verify_all", "verify_file"]
 
 NICE = 19  # where SCHED_IDLE is not available
 
@@ -178,3 +179,23 @@ def _unchanged(path: Path, key: str, context: str) -> bool:
         return f"{(path.stat().st_size, crcs)}|{context}" == key
     except Exception:  # damaged since: not the bytes that were probed
         return False
+
+
+def verify_file(path: Path, expect: Mapping[str, Any], network: Mapping[str, Any] | None,
+                env: Mapping[str, str]) -> tuple[Verdict, bool]:
+    """`verify CHECKPOINT`: the verdict on one file and whether it is usable (for `--against`, the trainer's network
+    must also have been built: a run whose trainer cannot build it has no usable checkpoint either)."""
+    kind = kind_of(path)
+    if kind is not None:  # checked first: a FIFO would block a reader, /dev/zero would never end
+        return Verdict(str(path), problems=["no such file" if kind == "missing"
+                                            else f"is {kind}, not a checkpoint file"]), False
+    net_error = None
+    try:
+        (verdict,), net_error = verify_all([path], expect, network, env)
+    except ProbeError as exc:
+        verdict = structure_verdict(path)
+        verdict.problems.append(f"content check could not run: {exc}")
+        verdict.content_ok = False
+    if net_error:
+        verdict.problems.append(f"compatibility not checked: the trainer's network could not be built: {net_error}")
+    return verdict, verdict.ok and not net_error

@@ -41,10 +41,18 @@ class JobSpec:
     mem: str | None = None  # e.g. 16G: without it a SLURM that counts memory may give one job the whole node
     signal: str = PREEMPT_SIGNAL
     lead_s: int = LEAD_S
+    # an experiment's cells, one per array task: (configuration, fold), written into the script as a table
+    cells: tuple[tuple[str, str], ...] = ()
+    max_parallel: int | None = None  # %N: at most N tasks of the array at once
+    command: tuple[str, ...] = ("run",)  # the supervisor's command (an experiment's last job: "find-best")
 
 
 def render(spec: JobSpec) -> str:
-    log_name = "slurm-%x-%A_%a.out" if spec.folds else "slurm-%x-%j.out"
+    """The sbatch script: requeue on the preemption signal, its log beside the run, `exec` of the supervisor."""
+    array = spec.folds or (f"0-{len(spec.cells) - 1}" if spec.cells else None)
+    if array is not None and spec.max_parallel is not None:
+        array += f"%{spec.max_parallel}"
+    log_name = "slurm-%x-%A_%a.out" if array else "slurm-%x-%j.out"
     lines = [
         "#!/bin/bash",
         "# Rendered by `nnunet-supervise slurm`; submit with sbatch (or `nnunet-supervise slurm ... --submit`).",
@@ -56,18 +64,25 @@ def render(spec: JobSpec) -> str:
         "#SBATCH --ntasks=1",
     ]
     for flag, value in (("time", spec.time), ("partition", spec.partition), ("gres", spec.gres),
-                        ("cpus-per-task", spec.cpus), ("mem", spec.mem), ("array", spec.folds)):
+                        ("cpus-per-task", spec.cpus), ("mem", spec.mem), ("array", array)):
         if value is not None:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [
         "set -euo pipefail",
         *(f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.environment.items())),
         'echo "nnunet-supervise: job ${SLURM_JOB_ID} on $(hostname), restart count ${SLURM_RESTART_COUNT:-0}"',
-        # exec: the supervisor *is* the batch shell, so B:<signal> reaches it
-        f"exec {shlex.quote(spec.python)} -m supervisor run {shlex.quote(str(spec.config))}"
-        + (' --fold "${SLURM_ARRAY_TASK_ID}"' if spec.folds else ""),
-        "",
     ]
+    command = f"exec {shlex.quote(spec.python)} -m supervisor {' '.join(spec.command)} {shlex.quote(str(spec.config))}"
+    if spec.cells:
+        # the array task's cell, from a table a person can read (not an index formula)
+        lines += ["CELLS=(", *(f"  {shlex.quote(f'{c} {f}')}  # task {i}" for i, (c, f) in enumerate(spec.cells)),
+                  ")", 'read -r CONFIGURATION FOLD <<< "${CELLS[$SLURM_ARRAY_TASK_ID]}"',
+                  'echo "nnunet-supervise: array task ${SLURM_ARRAY_TASK_ID}: ${CONFIGURATION} fold ${FOLD}"']
+        command += ' --configuration "${CONFIGURATION}" --fold "${FOLD}"'
+    elif spec.folds:
+        command += ' --fold "${SLURM_ARRAY_TASK_ID}"'
+    # exec: the supervisor *is* the batch shell, so B:<signal> reaches it
+    lines += [command, ""]
     return "\n".join(lines)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from supervisor.deploy.systemd import UnitSpec, spec_for
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, SupervisorError
 from supervisor.experiment.context import ExperimentContext
 from supervisor.experiment.devices import pool
+from supervisor.experiment.slurmchain import Options
 from supervisor.preflight import Report, cheap_checks, full_check, port_in_use
 
 
@@ -121,3 +122,101 @@ def unit_spec(exp: ExperimentContext, python: str, user: str | None, user_unit: 
                    description=f"nnU-Net {nn.dataset} experiment ({', '.join(exp.configurations)} x "
                                f"{len(exp.spec.experiment.folds)} folds, {nn.trainer}), nnunet-supervise "
                                f"{exp.config_path}")
+
+
+def slurm_chain(path: Path, opts: Options, submit: bool, parsable: bool) -> None:
+    """`slurm EXPERIMENT`: print the chain's submit script, or submit it and print the job ids."""
+    from supervisor.experiment import slurmchain
+
+    exp = ExperimentContext.load(path)
+    finished = [c for c in exp.cells if exp.fold_layout(c).is_finished()]
+    jobs = slurmchain.chain(exp, finished, opts)
+    if not jobs:
+        click.echo("every cell is finished and find_best is off: nothing to submit", err=True)
+        return
+    if not submit:
+        click.echo(slurmchain.submitter(jobs), nl=False)
+        return
+    try:
+        ids = slurmchain.submit(jobs, exp.layout.root / "slurm")
+    except RuntimeError as exc:
+        raise SupervisorError(str(exc)) from None
+    for job, job_id in zip(jobs, ids, strict=True):
+        if parsable:
+            click.echo(job_id)
+            continue
+        what = (f"{len(job.spec.cells)} cell(s): " + ", ".join(f"{c}/fold_{f}" for c, f in job.spec.cells)
+                if job.spec.cells else "nnUNetv2_find_best_configuration")
+        after = slurmchain.dependency(job, dict(zip((j.key for j in jobs), ids, strict=True)))
+        click.echo(f"{job_id}  {job.key}: {what}" + (f" (after {after})" if after else ""))
+    if not parsable:
+        click.echo(f"scripts and logs in {exp.layout.root / 'slurm'}; skipped {len(finished)} finished cell(s)")
+
+
+def find_best(path: Path) -> int:
+    """`find-best EXPERIMENT`: the final step alone (the chain's last job), once every cell finished."""
+    import subprocess
+
+    from supervisor.command import helper_env
+    from supervisor.experiment import findbest
+
+    exp = ExperimentContext.load(path)
+    missing = [c.name for c in exp.cells if not exp.fold_layout(c).is_finished()]
+    if missing:
+        raise SupervisorError(f"not every fold finished ({', '.join(missing)}); find_best_configuration needs them all")
+    argv = findbest.find_best_argv(exp, exp.configurations)
+    if argv is None:
+        click.echo("no numbered folds: no find_best_configuration to run")
+        return 0
+    exp.layout.root.mkdir(parents=True, exist_ok=True)
+    code = subprocess.run(argv, env=helper_env(exp.run(exp.cells[0])), stdin=subprocess.DEVNULL).returncode
+    kept = findbest.keep_outputs(exp) if code == 0 else []
+    if code != 0 or not kept:
+        raise SupervisorError(f"nnUNetv2_find_best_configuration failed (exit {code})")
+    click.echo(f"kept {', '.join(str(p) for p in kept)}")
+    return 0
+
+
+def wait(path: Path, configurations: tuple[str, ...], poll_s: float) -> int:
+    """`wait EXPERIMENT [--configuration C]...`: block until those cells (all, without C) finished; 0 then, 1 as soon
+    as one of them failed with no supervisor left to retry it. A Kubernetes init container's way to order Jobs."""
+    import time
+
+    from supervisor.rundir.lock import RunLock
+    from supervisor.rundir.statefile import StateStore
+
+    exp = ExperimentContext.load(path)
+    unknown = [c for c in configurations if c not in exp.configurations]
+    if unknown:
+        raise ConfigError([f"--configuration: {', '.join(unknown)} not in this experiment "
+                           f"({', '.join(exp.configurations)})"], str(exp.config_path))
+    cells = [c for c in exp.cells if not configurations or c.configuration in configurations]
+    said = -1
+    while True:
+        left = [c for c in cells if not exp.fold_layout(c).is_finished()]
+        if not left:
+            click.echo(f"every one of {len(cells)} fold(s) finished")
+            return 0
+        for cell in left:
+            layout = exp.fold_layout(cell)
+            state = StateStore(layout.state_file).read().data
+            if state.get("state") == "failed" and not RunLock(layout.lock_file).is_held_elsewhere():
+                click.echo(f"{cell.name} gave up: what waits for it cannot start", err=True)
+                return 1
+        if len(left) != said:
+            said = len(left)
+            click.echo(f"waiting for {len(left)} of {len(cells)} fold(s): {', '.join(c.name for c in left[:8])}"
+                       + (" ..." if len(left) > 8 else ""))
+        time.sleep(poll_s)
+
+
+def kubernetes(path: Path, output: Path | None) -> None:
+    from supervisor.experiment import kubernetes as k8s
+
+    exp = ExperimentContext.load(path)
+    docs = k8s.manifests(exp, {c for c in exp.cells if exp.fold_layout(c).is_finished()})
+    if output is None:
+        click.echo(k8s.render(docs), nl=False)
+        return
+    for written in k8s.write(docs, output):
+        click.echo(str(written))

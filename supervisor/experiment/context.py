@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 from supervisor.config import ResolvedPaths, read_document, resolve_paths
 from supervisor.context import RunContext, parse_fold
 from supervisor.errors import ConfigError
-from supervisor.expfile import ExperimentFile, parse_experiment
+from supervisor.expfile import ExperimentFile, is_experiment, parse_experiment
 from supervisor.fileread import read_bytes
 from supervisor.layout import RunLayout, resolve_dataset_name
 
@@ -95,7 +95,11 @@ class ExperimentContext:
     def load(cls, config_path: Path) -> ExperimentContext:
         config_path = config_path.resolve()
         source = str(config_path)
-        spec = parse_experiment(read_document(config_path), source)
+        doc = read_document(config_path)
+        if not is_experiment(doc):
+            raise ConfigError(["no `experiment` section: this is a run.yaml for one fold, and this command is for an "
+                               "experiment file (see `nnunet-supervise schema --experiment`)"], source)
+        spec = parse_experiment(doc, source)
         try:
             paths = resolve_paths(spec, config_path.parent)
             roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]

@@ -53,3 +53,28 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
         "run_dir": str(layout.supervisor_dir),
         "last_event": events[-1] if events else None,
     }
+
+
+def text(info: dict[str, Any], where: object) -> str:
+    """`status` for a person."""
+    live = info["supervisor_alive"]
+    lines = [f"run        {where}",
+             f"state      {info['state']}{' (supervisor running)' if live else ''}",
+             f"attempt    {info['attempt']} (restarts {info['restarts']})"]
+    total = f"/{info['num_epochs']}" if info["num_epochs"] else ""
+    eta = f", about {info['eta_s'] / 60:.0f} min to go" if info["eta_s"] is not None else ""
+    lines.append(f"epoch      {info['epoch']}{total} (furthest {info['best_epoch']}){eta}")
+    age = info["last_checkpoint_age_s"]
+    lines.append(f"checkpoints {', '.join(info['checkpoints']) or 'none'}"
+                 + (f" (newest: epoch {info['last_checkpoint_epoch']}, {age:.0f} s ago)" if age is not None else ""))
+    if info["last_failure"]:
+        lf = info["last_failure"]
+        lines.append(f"last failure {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lf['ts']))} attempt "
+                     f"{lf['attempt']}: {lf['classification']}")
+    if info["last_exit"]:
+        le = info["last_exit"]
+        lines.append(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")
+    if info["last_event"]:
+        ev = info["last_event"]
+        lines.append(f"last event {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['ts']))} {ev['event']}")
+    return "\n".join(lines)

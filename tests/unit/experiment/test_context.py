@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from supervisor.context import RunContext
 from supervisor.errors import ConfigError
 from supervisor.experiment.context import Cell, ExperimentContext, plans_configurations
-
-PLANS = {"configurations": {
-    "2d": {"data_identifier": "nnUNetPlans_2d"},
-    "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"},
-    "3d_lowres": {"data_identifier": "nnUNetPlans_3d_lowres", "next_stage": "3d_cascade_fullres"},
-    "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
-}}
-
-
-def experiment(tmp_path: Path, data: tuple[str, ...] = ("2d", "3d_fullres", "3d_lowres"),
-               **sections: Any) -> Path:
-    pre = tmp_path / "pre" / "Dataset977_Thing"
-    pre.mkdir(parents=True, exist_ok=True)
-    (pre / "nnUNetPlans.json").write_text(json.dumps(PLANS))
-    for name in data:
-        (pre / f"nnUNetPlans_{name}").mkdir(exist_ok=True)
-    doc: dict[str, Any] = {"experiment": {}, "nnunet": {"dataset": 977, "device": "cpu"},
-                           "paths": {"nnUNet_preprocessed": str(tmp_path / "pre"),
-                                     "nnUNet_results": str(tmp_path / "r")}}
-    for key, value in sections.items():
-        doc[key] = {**doc.get(key, {}), **value}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+from tests.unit.experiment.conftest import PLANS, experiment
 
 
 def test_by_default_every_preprocessed_configuration_in_training_order_with_the_cascade_after_lowres(
