@@ -132,7 +132,7 @@ class ProcessSection(_Section):
 
     stop_grace_s: float = Field(30.0, ge=0)
     # the trainer's output kept per attempt (head and newest part; at most 1.5 x this on disk); null: no cap
-    attempt_log_max_mb: Union[float, None] = Field(256.0, gt=0)
+    attempt_log_max_mb: Union[float, None] = Field(64.0, gt=0)
 
     @property
     def attempt_log_max_bytes(self) -> int | None:

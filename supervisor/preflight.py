@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.checkpoints.space import room_for
 from supervisor.command import helper_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
@@ -133,13 +134,12 @@ def _check_results(ctx: RunContext, plans: Any, dataset_json: Any, report: Repor
     else:
         return
     free = shutil.disk_usage(probe).free
-    cap = ctx.config.process.attempt_log_max_bytes
-    need = 2 * one + (3 * cap // 2 if cap else 0)
+    need = room_for(one, ctx.config.process.attempt_log_max_bytes)
     if free < need:
         report.problems.append(f"not enough free disk in {probe}: {free / 1e6:.0f} MB free, need {need / 1e6:.0f} MB "
-                               f"for two checkpoints ({how}) and an attempt log")
+                               f"for two checkpoints ({how}) and the logs")
     else:
-        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints and an attempt log need "
+        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints and the logs need "
                             f"~{need / 1e6:.0f} MB, {how})")
 
 

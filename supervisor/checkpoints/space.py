@@ -10,15 +10,22 @@ MARGIN_BYTES = 256 * 2**20  # logs, progress.png, validation outputs
 
 def needed_bytes(fold_dir: Path, log_cap: int | None = None) -> int:
     """Room for two more of the largest checkpoint (the verified snapshot taken before the relaunch, and the
-    temporary an atomic save writes beside the old file), the next attempt's log (1.5 x its cap: the log keeper
-    rewrites it at that size) and a margin."""
+    temporary an atomic save writes beside the old file) and a margin for the logs, progress.png and validation
+    outputs. The margin also holds the next attempt's log unless its cap is larger (the log keeper lets a log
+    reach 1.5 x its cap); the whole cap is not added on top: a log grows by kilobytes an epoch, and waiting for
+    room it may never use would keep a nearly full disk from training at all."""
     sizes = []
     for p in fold_dir.glob("checkpoint_*.pth"):
         try:
             sizes.append(p.stat().st_size if p.is_file() else 0)
         except OSError:
             continue
-    return 2 * max(sizes, default=0) + (3 * log_cap // 2 if log_cap else 0) + MARGIN_BYTES
+    return room_for(max(sizes, default=0), log_cap)
+
+
+def room_for(checkpoint_bytes: int, log_cap: int | None) -> int:
+    """The free space a launch needs, given the size of one checkpoint (see needed_bytes)."""
+    return 2 * checkpoint_bytes + max(MARGIN_BYTES, 3 * log_cap // 2 if log_cap else 0)
 
 
 def free_bytes(fold_dir: Path) -> int:
