@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,19 @@ def _fail(exc: SupervisorError) -> None:
     else:
         click.echo(f"nnunet-supervise: {exc}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _splits_ahead(config: Path) -> None:
+    """A cell started alone writes the experiment's splits_final.json first, as the experiment supervisor would:
+    its sibling cells start at the same moment and nnU-Net's own write of the file races."""
+    from supervisor.experiment.context import ExperimentContext
+    from supervisor.experiment.supervise import write_splits_ahead
+
+    try:
+        write_splits_ahead(ExperimentContext.load(config))
+    except (SupervisorError, OSError, subprocess.SubprocessError) as exc:
+        logging.getLogger("nnunet_supervise").warning("could not write splits_final.json ahead (%s); nnU-Net "
+                                                       "writes it itself", exc)
 
 
 def _load(config: Path, fold: str | None = None, configuration: str | None = None) -> RunContext:
@@ -116,6 +130,8 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
     cheap_checks(ctx, report)
     if not report.ok:
         _fail(ConfigError(report.problems, str(ctx.config_path)))
+    if configuration is not None:  # one cell of an experiment, started alone (SLURM array task, Kubernetes pod)
+        _splits_ahead(config)
     try:
         if sys.stderr.isatty():  # a person watching: a live status line under the log
             from supervisor.observe.terminal import TerminalStatus

@@ -124,6 +124,16 @@ class ExperimentContext:
     def preprocessed(self) -> Path:
         return self.paths.preprocessed / self.dataset_name
 
+    def require_earlier_stages(self, todo: list[Cell]) -> None:
+        """ConfigError when a cell to train needs a stage (the cascade's 3d_lowres) that is neither in the experiment
+        nor finished: rendered for a cluster, it would start at once and fail for want of the lowres predictions."""
+        for c in todo:
+            stage = self.waits_for.get(c.configuration)
+            if stage is not None and stage not in self.configurations and not all(
+                    self.fold_layout(Cell(stage, f)).is_finished() for f in range(5)):
+                raise ConfigError([f"experiment.configurations: {c.configuration} needs every fold of {stage} "
+                                   f"finished; add {stage} to the experiment or train it first"], str(self.config_path))
+
 
 def _configurations(spec: ExperimentFile, dataset: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """The configurations to train, in order, and their dependencies; ConfigError for what cannot be trained."""

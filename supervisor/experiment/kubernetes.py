@@ -22,6 +22,7 @@ from supervisor.experiment.context import Cell, ExperimentContext
 
 CONFIG_DIR = "/etc/nnunet-supervise"
 CONTAINER = "fold"
+WAIT_CONTAINER = "wait"
 LABEL = "nnunet-supervise/experiment"
 
 
@@ -88,9 +89,11 @@ def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: l
                  "volumeMounts": mounts, **({"resources": resources} if resources else {})}
     spec: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_s(exp),
                             "containers": [container], "volumes": volumes}
-    if wait_for is not None:  # start only once what this Job needs has finished (no GPU held meanwhile by it)
+    if wait_for is not None:
+        # start only once what this Job needs has finished. The scheduler counts the pod's GPU from the moment it is
+        # placed, so a waiting cascade pod holds a GPU: apply 30-cascade-job.yaml later where GPUs are few (README)
         spec["initContainers"] = [{
-            "name": "wait", "image": k8s.image, "env": env, "volumeMounts": mounts,
+            "name": WAIT_CONTAINER, "image": k8s.image, "env": env, "volumeMounts": mounts,
             "command": ["python", "-m", "supervisor", "wait", f"{CONFIG_DIR}/experiment.yaml",
                         *[a for c in wait_for for a in ("--configuration", c)]]}]
     return {"metadata": {"labels": {LABEL: name}}, "spec": spec}
@@ -121,6 +124,9 @@ def _cells_job(exp: ExperimentContext, name: str, key: str, cells: list[Cell],
                 {"action": "FailIndex", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                                         "values": [int(ExitCode.GAVE_UP), int(ExitCode.USAGE),
                                                                    int(ExitCode.LOCKED)]}},
+                *([{"action": "FailIndex", "onExitCodes": {"containerName": WAIT_CONTAINER, "operator": "In",
+                                                           "values": [int(ExitCode.GAVE_UP)]}}]
+                  if wait_for is not None else []),  # the stage it waits for gave up: retrying cannot help
             ]},
             "template": _pod(exp, name, command, gpus, wait_for)}}
 
@@ -140,6 +146,7 @@ def manifests(exp: ExperimentContext, finished: set[Cell] | None = None) -> dict
     done = finished or set()
     name = dns_name(f"nnunet-{exp.config_path.stem}")[:40].rstrip("-")
     todo = [c for c in exp.cells if c not in done]
+    exp.require_earlier_stages(todo)
     later = [c for c in todo if exp.waits_for.get(c.configuration) in exp.configurations]
     first = [c for c in todo if c not in later]
     out: dict[str, dict[str, Any]] = {
@@ -159,15 +166,26 @@ def manifests(exp: ExperimentContext, finished: set[Cell] | None = None) -> dict
     return out
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Write a list used twice (the pod's env, shared with its init container) out twice, not as &id001 / *id001."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_NoAliases, sort_keys=False)
+
+
 def render(docs: dict[str, dict[str, Any]]) -> str:
     """All manifests as one multi-document YAML stream."""
-    return "".join(f"# {fname}\n---\n" + yaml.safe_dump(doc, sort_keys=False) for fname, doc in docs.items())
+    return "".join(f"# {fname}\n---\n" + _dump(doc) for fname, doc in docs.items())
 
 
 def write(docs: dict[str, dict[str, Any]], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for fname, doc in docs.items():
-        (folder / fname).write_text(yaml.safe_dump(doc, sort_keys=False))
+        (folder / fname).write_text(_dump(doc))
         written.append(folder / fname)
     return written

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from supervisor.deploy import slurm
-from supervisor.errors import ConfigError
 from supervisor.experiment.context import Cell, ExperimentContext
 
 
@@ -52,12 +51,7 @@ def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> li
     todo = [c for c in exp.cells if c not in done]
     later = {c for c in todo if exp.waits_for.get(c.configuration) in exp.configurations}
     first = [c for c in todo if c not in later]
-    for c in todo:
-        stage = exp.waits_for.get(c.configuration)
-        if stage is not None and stage not in exp.configurations and not all(
-                exp.fold_layout(Cell(stage, f)).is_finished() for f in range(5)):
-            raise ConfigError([f"experiment.configurations: {c.configuration} needs every fold of {stage} finished; "
-                               f"add {stage} to the experiment or train it first"], str(exp.config_path))
+    exp.require_earlier_stages(todo)
     env = {"nnUNet_preprocessed": str(exp.paths.preprocessed), "nnUNet_results": str(exp.paths.results)}
     if exp.paths.raw is not None:
         env["nnUNet_raw"] = str(exp.paths.raw)

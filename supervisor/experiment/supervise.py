@@ -75,6 +75,27 @@ def spawn_fold(argv: list[str], env: dict[str, str], log_path: Path) -> subproce
                                 start_new_session=True, close_fds=True)
 
 
+def write_splits_ahead(exp: ExperimentContext) -> str | None:
+    """splits_final.json before folds start together (nnU-Net's own write of it races: see trainer/splits.py).
+
+    Called by the experiment supervisor and by every cell started alone (a SLURM array task, a Kubernetes pod):
+    two cells racing here both write the same content atomically. Returns what was done, None when nothing was."""
+    base = exp.preprocessed
+    if (base / "splits_final.json").exists() or all(c.fold == "all" for c in exp.cells):
+        return None
+    data = base / exp.data_identifiers[exp.configurations[0]]
+    r = subprocess.run([sys.executable, "-m", "supervisor.trainer.splits", str(base), str(data)],
+                       env=helper_env(exp.run(exp.cells[0])), capture_output=True, text=True,
+                       timeout=600, stdin=subprocess.DEVNULL)
+    if r.returncode == 0:
+        log.info("%s", r.stdout.strip())
+        return r.stdout.strip()
+    # the first fold then writes it itself, as without us
+    log.warning("could not write splits_final.json ahead (%s); nnU-Net writes it itself",
+                (r.stderr.strip().splitlines() or ["no output"])[-1])
+    return None
+
+
 class ExperimentSupervisor:
     """Runs one experiment until every cell ended; returns the exit code (0, 1, 75)."""
 
@@ -193,20 +214,9 @@ class ExperimentSupervisor:
         return Begin(devices, needs, frozenset(finished), running, frozenset(ready_elsewhere))
 
     def _ensure_splits(self) -> None:
-        """splits_final.json before folds start together (nnU-Net's own write of it races: see trainer/splits.py)."""
-        base = self.exp.preprocessed
-        if (base / "splits_final.json").exists() or all(c.fold == "all" for c in self.exp.cells):
-            return
-        data = base / self.exp.data_identifiers[self.exp.configurations[0]]
-        r = subprocess.run([sys.executable, "-m", "supervisor.trainer.splits", str(base), str(data)],
-                           env=helper_env(self.exp.run(self.exp.cells[0])), capture_output=True, text=True,
-                           timeout=600, stdin=subprocess.DEVNULL)
-        if r.returncode == 0:
-            log.info("%s", r.stdout.strip())
-            self.events.record("splits", message=r.stdout.strip())
-        else:  # the first fold then writes it itself, as without us
-            log.warning("could not write splits_final.json ahead (%s); nnU-Net writes it itself",
-                        (r.stderr.strip().splitlines() or ["no output"])[-1])
+        said = write_splits_ahead(self.exp)
+        if said is not None:
+            self.events.record("splits", message=said)
 
     # ---- actions ----
 

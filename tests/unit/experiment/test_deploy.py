@@ -116,11 +116,30 @@ def test_the_cascade_and_find_best_wait_for_what_they_need(tmp_path: Path) -> No
     docs = rendered(tmp_path)
     cascade = docs["30-cascade-job.yaml"]["spec"]["template"]["spec"]
     assert cascade["initContainers"][0]["command"][-2:] == ["--configuration", "3d_lowres"]
+    # a lowres fold that gave up fails the waiting index at once (`wait` exits 1), not after its retries
+    rules = docs["30-cascade-job.yaml"]["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailIndex", "onExitCodes": {"containerName": "wait", "operator": "In", "values": [1]}} in rules
     best = docs["40-find-best-job.yaml"]["spec"]["template"]["spec"]
     assert best["initContainers"][0]["command"][:4] == ["python", "-m", "supervisor", "wait"]
     assert "resources" not in best["containers"][0] or "limits" not in best["containers"][0]["resources"]
     config = yaml.safe_load(docs["10-configmap.yaml"]["data"]["experiment.yaml"])
     assert config["paths"]["nnUNet_results"] == str(tmp_path / "r") and "kubernetes" not in config
+
+
+def test_a_cascade_without_its_lowres_stage_is_refused_on_both_engines(tmp_path: Path) -> None:
+    from supervisor.errors import ConfigError
+
+    exp = ExperimentContext.load(experiment(
+        tmp_path, nnunet={"device": "cuda"}, experiment={"configurations": ["3d_cascade_fullres"]},
+        kubernetes={"image": "registry.example.org/lab/nnunet:2.8"}))
+    for render in (lambda: slurmchain.chain(exp, [], OPTS), lambda: k8s.manifests(exp)):
+        with pytest.raises(ConfigError, match="needs every fold of 3d_lowres finished"):
+            render()
+
+
+def test_the_rendered_yaml_has_no_anchors(tmp_path: Path) -> None:
+    text = k8s.render(rendered(tmp_path))  # the pod's env is shared with its init container: written out twice
+    assert "&id" not in text and "*id" not in text
 
 
 def test_without_an_image_there_is_nothing_to_render(tmp_path: Path) -> None:
