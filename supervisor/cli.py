@@ -178,7 +178,10 @@ def report(config: Path, output: Path | None, as_json: bool) -> None:
                f"{numbers['epochs_redone']} redone, {numbers['restarts']} restarts")
     for f in numbers["failures"]:
         click.echo(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f['ts']))} attempt {f['attempt']}: "
-                   f"{f['classification']}")
+                   f"{f['classification']}" + (f" (cause {f['cause']})" if f.get("cause") else ""))
+    for r in numbers["remedies"]:
+        click.echo(f"  remedy from attempt {r['attempt']}: {r['variable']} {r['from']} -> {r['to']} "
+                   f"(after {r['cause']})")
     if output is not None:
         click.echo(f"timeline: {output}")
 
@@ -310,6 +313,8 @@ def check(config: Path) -> None:
         report, where = full_check(ctx), ctx.config_path
     for note in report.notes:
         click.echo(f"ok    {note}")
+    for warning in report.warnings:
+        click.echo(f"WARN  {warning}")
     for problem in report.problems:
         click.echo(f"FAIL  {problem}")
     click.echo(f"{where}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))

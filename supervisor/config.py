@@ -208,6 +208,19 @@ class NotifySection(_Section):
     repeated_failures: int = Field(3, ge=1)  # this many failed attempts in a row -> one notification
 
 
+class RemediesSection(_Section):
+    """After a failure with a known cause, change one thing for the next attempt (README: Recovery by cause)."""
+
+    enabled: bool = True
+    workers: bool = True  # host OOM, dying workers, a full /dev/shm: halve nnUNet_n_proc_DA
+    min_workers: int = Field(0, ge=0)  # the floor (0: augmentation in the main process, slow but needs no workers)
+    compile: bool = True  # a torch.compile failure: nnUNet_compile=f
+    cuda_alloc: bool = True  # CUDA OOM: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    batch_size: bool = False  # CUDA OOM, opt-in, cooperative mode only: halve the batch size
+    min_batch_size: int = Field(2, ge=1)
+    override_user: bool = False  # may a remedy change a variable you set (nnunet.env, the supervisor's environment)?
+
+
 class RunSections(_Section):
     """Everything of a run.yaml but its nnunet section: shared by a fold's run.yaml and an experiment file (where
     it is the default for every fold)."""
@@ -221,6 +234,7 @@ class RunSections(_Section):
     power: PowerSection = PowerSection()
     metrics: MetricsSection = MetricsSection()
     notify: NotifySection = NotifySection()
+    remedies: RemediesSection = RemediesSection()
 
 
 def check_cooperative(cooperative: CooperativeSection, nnunet: NnunetCommon) -> None:

@@ -17,17 +17,49 @@ from typing import Any
 from supervisor.checkpoints.space import room_for
 from supervisor.command import helper_env, trainer_command
 from supervisor.context import RunContext
+from supervisor.core.remedies import SHM_FIX, WORKERS_VAR
+from supervisor.daemon.remedying import nnunet_default_workers, user_settings
 from supervisor.errors import LaunchError
+from supervisor.evidence.memory import memory_cgroup
+from supervisor.evidence.shm import shm_space
+from supervisor.oomscore import SUPERVISOR_SCORE, may_lower
 from supervisor.rundir.lock import RunLock
 from supervisor.trainer.lookup import find_trainer
+
+MAIN_PROCESS_BYTES = 3 << 30  # torch, nnU-Net, the network and its optimizer on CPU, the data loaders' queues
+WORKER_BASE_BYTES = 300 << 20  # a worker's own pages after fork: its batch generator's state, numpy buffers
+
+
+def available_memory() -> int | None:
+    """What this run may still use: MemAvailable, or less under a memory cgroup's limit."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        avail = next(int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    cg = memory_cgroup(os.getpid())
+    limit, used = (cg.limit_bytes(), cg.usage_bytes()) if cg else (None, None)
+    if limit is not None and used is not None:
+        avail = min(avail, max(0, limit - used))
+    return avail
+
+
+def oom_protection_note() -> str:
+    """Whether the supervisor will outlive an OOM kill of its trainer (for `check`)."""
+    if may_lower():
+        return (f"oom_score_adj: the supervisor lowers its own to {SUPERVISOR_SCORE} and sets the trainer's back, so "
+                "the kernel's OOM killer picks the trainer")
+    return ("oom_score_adj: the supervisor may not lower its own (no CAP_SYS_RESOURCE); it raises the trainer's tree "
+            "by as much instead, so the kernel's OOM killer still picks the trainer first")
 
 
 @dataclass
 class Report:
-    """What the checks found: `problems` block a launch, `notes` are for information."""
+    """What the checks found: `problems` block a launch, `warnings` may end it early, `notes` are for information."""
 
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -96,6 +128,66 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
         if not p.is_dir():
             report.problems.append(f"nnunet.trainer_paths: {p} is not a folder")
     _check_results(ctx, plans, dataset_json, report)
+    if isinstance(plans, dict) and isinstance(dataset_json, dict):
+        _check_memory(ctx, plans, dataset_json, report)
+
+
+def batch_bytes(config: dict[str, Any], channels: int) -> int:
+    """One augmented training batch as the workers hand it over: float32 images plus the segmentation targets at
+    every deep-supervision scale (about 1.15 x one int16 target)."""
+    patch = math.prod(int(x) for x in config.get("patch_size", [1]))
+    batch = int(config.get("batch_size", 2))
+    return int(batch * patch * (4 * channels + 2 * 1.15))
+
+
+def workers_here(ctx: RunContext) -> tuple[int, str]:
+    """nnU-Net's augmentation worker count for this run, and where it comes from."""
+    values, sources = user_settings(ctx.config.nnunet.env, os.environ)
+    if WORKERS_VAR in values:
+        try:
+            return int(values[WORKERS_VAR]), f"{WORKERS_VAR} from {sources[WORKERS_VAR]}"
+        except ValueError:
+            pass
+    return nnunet_default_workers(socket.gethostname(), os.cpu_count() or 1), "nnU-Net's default here"
+
+
+def _check_memory(ctx: RunContext, plans: dict[str, Any], dataset_json: dict[str, Any], report: Report) -> None:
+    """/dev/shm and RAM for nnU-Net's augmentation workers, estimated from the plans (said to be estimates: the
+    real use depends on the cases and the transforms)."""
+    config = plans.get("configurations", {}).get(ctx.config.nnunet.configuration)
+    if not isinstance(config, dict):
+        return
+    channels = len(dataset_json.get("channel_names", {0: 0}) or {0: 0})
+    one = batch_bytes(config, channels)
+    workers, where = workers_here(ctx)
+    if workers > 0:
+        # the train loader queues max(6, n/2) batches, the validation loader (n/2 workers) max(3, n/4); each worker
+        # holds the batch it is putting
+        val = max(1, workers // 2)
+        in_flight = max(6, workers // 2) + workers + max(3, val // 2) + val
+        need = in_flight * one
+        space = shm_space()
+        if space is not None and space[0] < need:
+            report.warnings.append(
+                f"/dev/shm is {space[0] / 2**20:.0f} MiB; {workers} augmentation workers ({where}) hand over up to "
+                f"{in_flight} batches of ~{one / 2**20:.1f} MiB at once: ~{need / 2**20:.0f} MiB (an estimate). "
+                f"Workers die when it is full: {SHM_FIX}; or set {WORKERS_VAR} lower (the supervisor halves it "
+                "itself after such a failure)")
+        else:
+            report.notes.append(f"/dev/shm {space[0] / 2**30:.1f} GiB for ~{need / 2**20:.0f} MiB of batches in "
+                                f"flight ({workers} workers, {where}; an estimate)" if space else "no /dev/shm here")
+    # RAM: the main process (torch, the network, pinned batches) and each worker (its imports are shared after fork;
+    # a case being cropped and augmented is several batches' worth)
+    need_ram = MAIN_PROCESS_BYTES + workers * (WORKER_BASE_BYTES + 10 * one)
+    available = available_memory()
+    if available is not None and available < need_ram:
+        report.warnings.append(
+            f"memory: ~{need_ram / 2**30:.1f} GiB estimated for the trainer and {workers} augmentation workers "
+            f"({where}), {available / 2**30:.1f} GiB available here (an estimate from the plans): the kernel may "
+            f"OOM-kill a worker; the supervisor then halves {WORKERS_VAR}, or set it lower yourself")
+    elif available is not None:
+        report.notes.append(f"memory {available / 2**30:.1f} GiB available, ~{need_ram / 2**30:.1f} GiB estimated "
+                            f"for the trainer and {workers} workers (an estimate)")
 
 
 def _check_fold(ctx: RunContext, pre: Path, report: Report) -> None:
@@ -178,6 +270,7 @@ def full_check(ctx: RunContext) -> Report:
             if ctx.trainer_paths else ""
         report.problems.append(f"nnunet.trainer: {nn.trainer} cannot be loaded{where}: {found.get('error')}")
     report.notes.append(stall_allowances(ctx))
+    report.notes.append(oom_protection_note())
     m = ctx.config.metrics
     if m.port is not None:
         busy = port_in_use(m.host, m.port)

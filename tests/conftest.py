@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from supervisor.context import RunContext
+from supervisor.core.causes import KernelKill
 from supervisor.daemon.process import ProcessOps, TrainerProcess
 from supervisor.demo.dataset import make_dataset
 from supervisor.demo.runyaml import TRAINERS as DEMO_TRAINERS
 from supervisor.demo.runyaml import write_demo_config
+from supervisor.evidence.collect import Probes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,14 +33,17 @@ FAKE = Path(__file__).with_name("fake_trainer.py")  # stands in for nnUNetv2_tra
 def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, Any] | None = None,
              power: dict[str, Any] | None = None, cooperative: dict[str, Any] | None = None,
              metrics: dict[str, Any] | None = None, notify: dict[str, Any] | None = None,
+             remedies: dict[str, Any] | None = None, nnunet_env: dict[str, str] | None = None,
              **restart: float) -> RunContext:
     """A run of the fake trainer (tests/fake_trainer.py plays `plan`, one entry per attempt) under tmp_path."""
-    (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True)
+    (tmp_path / "pre" / "Dataset901_Tiny").mkdir(parents=True, exist_ok=True)
     config = write_demo_config(
         tmp_path / "run.yaml", None, Path("pre"), Path("res"),
-        nnunet={"trainer": "nnUNetTrainer", "trainer_paths": [], "env": {"FAKE_PLAN": json.dumps(plan)}},
+        nnunet={"trainer": "nnUNetTrainer", "trainer_paths": [],
+                "env": {"FAKE_PLAN": json.dumps(plan), **(nnunet_env or {})}},
         restart={"backoff_initial_s": 0.0, **restart}, process={"stop_grace_s": 2}, heartbeat=heartbeat or {},
-        power=power or {}, cooperative=cooperative or {}, metrics=metrics or {}, notify=notify or {})
+        power=power or {}, cooperative=cooperative or {}, metrics=metrics or {}, notify=notify or {},
+        remedies=remedies or {})
     return RunContext.load(config)
 
 
@@ -94,12 +99,29 @@ class FakeOps(ProcessOps):
         self.plan = plan
         self.trainers: list[FakeTrainer] = []
         self.log: list[str] = []  # spawns, signals and stack dumps, in the order they happened
+        self.envs: list[dict[str, str]] = []  # each attempt's environment
+        self.on_spawn: Callable[[int], None] | None = None  # called with the attempt number at each spawn
+        # the machine's evidence, scripted per attempt: "killed": [{"main": bool}] are the kernel's OOM kills
+        self.probes = Probes(cgroup=lambda pid: None, tree=lambda pid: (0, {pid}), shm=lambda: None,
+                             kills=self._kills, clock_usec=lambda: 0)
+
+    def protect_from_oom(self) -> str:
+        self.protected = True
+        return "oom_score_adj untouched (fake)"
+
+    def _kills(self, pids: set[int], main_pid: int, since_usec: int) -> tuple[bool, tuple[KernelKill, ...]]:
+        step = self.plan[main_pid - 1001]
+        return True, tuple(KernelKill(main_pid if k.get("main") else main_pid + 100, "python", bool(k.get("main")),
+                                      bool(k.get("cgroup", True))) for k in step.get("killed", []))
 
     def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> FakeTrainer:
         from tests.fake_trainer import write_progress
 
         attempt = int(env["NNUNET_SUPERVISE_ATTEMPT"])
         step = self.plan[attempt - 1]
+        self.envs.append(env)
+        if self.on_spawn is not None:
+            self.on_spawn(attempt)
         cwd.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as f:
             f.write("\n".join(write_progress(step, cwd, attempt)) + "\n")

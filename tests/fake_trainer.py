@@ -40,6 +40,8 @@ def write_progress(plan: dict[str, Any], fold: Path, attempt: int) -> list[str]:
     if plan["outcome"] == "incompatible":
         printed.append("Traceback (most recent call last):\nRuntimeError: Error(s) in loading state_dict for "
                        "PlainConvUNet:\n\tMissing key(s) in state_dict: \"decoder.seg_layers.4.weight\"")
+    if plan.get("print"):  # what the attempt says before it ends (a worker's traceback, a CUDA OOM, ...)
+        printed.append(plan["print"])
     if plan["outcome"] == "disk_full":
         printed.append("nnunet-supervise: disk full: saving checkpoint_latest.pth failed: [Errno 28] No space left "
                        "on device")

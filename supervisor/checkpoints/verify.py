@@ -25,6 +25,7 @@ from supervisor.checkpoints.verdict import Verdict
 from supervisor.context import RunContext
 from supervisor.errors import SupervisorError
 from supervisor.fileread import kind_of
+from supervisor.oomscore import unprotect
 from supervisor.trainer.protocol import RESULT_PREFIX
 
 __all__ = ["ProbeError", "Verdict", "VerdictCache", "expectations", "network_request", "probe", "structure_verdict",
@@ -76,6 +77,7 @@ def probe(candidates: list[str], expect: Mapping[str, Any], network: Mapping[str
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "supervisor.checkpoints.probe", f.name], env=dict(env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        unprotect(proc.pid)  # a probe loading a large checkpoint is no more shielded from the OOM killer than a trainer
         if nice:
             background(proc.pid)
         try:

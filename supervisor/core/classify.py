@@ -40,6 +40,17 @@ RULES: tuple[_Rule, ...] = (
           "the checkpoint does not fit the network this trainer builds (strict load_state_dict failed)",
           "the trainer class or the plans changed since the checkpoint was written; restore the old trainer/plans, "
           "or start a new training from it with -pretrained_weights (loses optimizer, epoch and LR schedule)"),
+    # before workers_died: a worker that cannot put its batch into shared memory dies, and then the main process
+    # says its workers are gone; the first words name the cause
+    _rule("shm_exhausted", True,
+          r"unable to write to file </torch_|unable to (open|allocate) shared memory|"
+          r"/dev/shm.*No space left on device|No space left on device.*/dev/shm|"
+          r"killed by signal: Bus error|^Bus error",
+          "shared memory (/dev/shm) ran out"),
+    _rule("compile_error", True,
+          r"^torch\._(dynamo|inductor)\.exc\.\w+|^(InductorError|BackendCompilerFailed)\b|"
+          r"^triton\.\S*Error",
+          "torch.compile failed"),
     _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed",
           "nnU-Net's data augmentation workers died (often the kernel's OOM killer)"),
     _rule("corrupt_checkpoint", False,

@@ -11,6 +11,8 @@ The lifecycle of one run, drawn once (README's copy is checked against this one 
     RUNNING ──ChildExited──▶ FINISHED (0)           finished: checkpoint_final.pth and validation/summary.json
             ──ChildExited──▶ FAILED (1)             not retryable, restart budget spent, no progress in N attempts
             ──ChildExited──▶ BACKOFF ──deadline──▶ STARTING (--c)          retryable; Prepare starts verifying now
+                with a known cause, the remedy ladder changes one thing for the next attempt (a `remedy` event),
+                or gives up (FAILED) when the cause came back without progress and nothing is left to change
             ──StopRequested──▶ STOPPING ──ChildExited──▶ STOPPED (75)      grace over: Kill, stays STOPPING
                 cooperative: RequestSave (SIGUSR1), the trainer saves at its epoch end and exits 75;
                 at the save deadline Terminate, after the grace Kill
@@ -26,11 +28,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Union
 
-from supervisor.core.classify import Classification, classify_exit, parse_state_dict_error
+from supervisor.core.causes import Cause, find_cause
+from supervisor.core.classify import NOT_FAILURES, Classification, classify_exit, parse_state_dict_error
 from supervisor.core.messages import (
     Abort,
     Action,
@@ -58,6 +61,7 @@ from supervisor.core.messages import (
     Tick,
 )
 from supervisor.core.policy import RestartPolicy
+from supervisor.core.remedies import Change, Exhausted, Ladder, Remedies
 from supervisor.errors import ExitCode
 
 
@@ -99,17 +103,20 @@ class LoopState:
     waiting_disk: bool = False  # BACKOFF: the last attempt ran out of disk; relaunch only once there is space
     exit_code: Union[int, None] = None
     last_exit: Union[dict[str, Any], None] = None
+    remedies: Remedies = field(default_factory=Remedies)  # the ladder's changes for this run (state.json keeps them)
 
 
 class Decider:
     """Turns events into actions under a restart policy; `rand` supplies the backoff jitter in [0, 1)."""
 
     def __init__(self, policy: RestartPolicy, stop_grace_s: float,
-                 rand: Callable[[], float] = random.random, disk_check_s: float = 30.0) -> None:
+                 rand: Callable[[], float] = random.random, disk_check_s: float = 30.0,
+                 ladder: Ladder | None = None) -> None:
         self.policy = policy
         self.stop_grace_s = stop_grace_s
         self.rand = rand
         self.disk_check_s = disk_check_s
+        self.ladder = ladder  # None: no remedies (a relaunch changes nothing)
 
     def step(self, s: LoopState, ev: Event, now: float) -> tuple[LoopState, list[Action]]:
         phase = s.phase
@@ -193,7 +200,7 @@ class Decider:
                 Say(f"{s.stop_reason} received: stopped before the launch; resume with the same command"),
                 Exit(ExitCode.STOPPED)]
         # STARTING -> STARTING: start the trainer (Launched or LaunchFailed follows at once)
-        return s, [Spawn(s.attempt, ev.resume, ev.pretrained)]
+        return s, [Spawn(s.attempt, ev.resume, ev.pretrained, s.remedies.env)]
 
     def _tick(self, s: LoopState, now: float) -> tuple[LoopState, list[Action]]:
         if s.deadline is None or now < s.deadline:
@@ -266,23 +273,47 @@ class Decider:
         raise IllegalTransition(f"StopRequested in phase {s.phase.value}")
 
     def _exit_record(self, s: LoopState, ev: ChildExited, kind: str, retryable: bool,
-                     summary: str) -> tuple[dict[str, Any], Record]:
-        fields = {"attempt": s.attempt, "returncode": ev.returncode, "classification": kind,
-                  "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed}
+                     summary: str, cause: Cause | None = None) -> tuple[dict[str, Any], Record]:
+        fields: dict[str, Any] = {"attempt": s.attempt, "returncode": ev.returncode, "classification": kind,
+                                  "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed}
+        if cause is not None:
+            fields.update(cause=cause.name, cause_summary=cause.summary, evidence=cause.evidence)
         return fields, Record("exit", fields)
+
+    def _remedy(self, s: LoopState, cause: Cause | None, progressed: bool,
+                head: str) -> tuple[LoopState, list[Action], str | None]:
+        """The ladder's answer to a retryable failure: (state with the change, its record and line, a reason to give
+        up instead of relaunching)."""
+        if cause is None or self.ladder is None:
+            return s, [], None
+        outcome = self.ladder.next(cause.name, s.remedies, s.attempt + 1, s.best_epoch, progressed)
+        if isinstance(outcome, Exhausted):
+            return s, [], f"{head}. {outcome.message}"
+        if isinstance(outcome, Change):
+            a = outcome.applied
+            return replace(s, remedies=s.remedies.with_change(a)), [
+                Record("remedy", {**a.document(), "message": outcome.message}),
+                Say(f"remedy for {cause.name}, from attempt {a.attempt} on: {outcome.message}")], None
+        return s, [Say(f"{cause.name}: relaunching unchanged ({outcome.message})")], None
 
     def _exited(self, s: LoopState, ev: ChildExited, now: float,
                 c: Classification | None = None) -> tuple[LoopState, list[Action]]:
         c = c or classify_exit(ev.returncode, ev.log_tail, ev.finished)
-        last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary)
+        cause = None if c.kind in NOT_FAILURES else find_cause(c.kind, ev.returncode, ev.evidence)
+        last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary, cause)
         progressed = ev.epochs_completed > s.best_epoch
         s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed))
-        head = f"attempt {s.attempt} exited: {c.summary}"
+        head = f"attempt {s.attempt} exited: {c.summary}" + (f" [{cause.summary}]" if cause else "")
         if c.kind == "finished":
             # RUNNING -> FINISHED
+            kept = dict(s.remedies.env)
+            worked = ([Say("the remedies in effect when it finished: "
+                           + ", ".join(f"{k}={v}" for k, v in kept.items())
+                           + "; set them in nnunet.env for the next runs on this machine")] if kept else [])
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
-                record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch}),
-                Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(ExitCode.FINISHED)]
+                record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch,
+                                            **({"remedies": kept} if kept else {})}),
+                *worked, Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(ExitCode.FINISHED)]
         if not c.retryable:
             before: list[Action] = [record]
             if c.kind == "incompatible_checkpoint":
@@ -291,18 +322,23 @@ class Decider:
         failures = 1 if progressed else s.failures_in_row + 1
         no_progress = 0 if progressed else s.attempts_without_progress + 1
         s = replace(s, failures_in_row=failures, attempts_without_progress=no_progress)
+        tried = f" (remedies so far: {s.remedies.story()})" if s.remedies.history else ""
+        s, remedied, exhausted = self._remedy(s, cause, progressed, head)
+        if exhausted is not None:
+            return self._give_up(s, "remedies_exhausted", exhausted, [record])
         if no_progress >= self.policy.max_attempts_without_progress:
             return self._give_up(s, "no_progress", f"{head} (retryable), but {no_progress} attempts in a row made "
-                                 f"no epoch progress (stuck at epoch {s.best_epoch}); giving up", [record])
+                                 f"no epoch progress (stuck at epoch {s.best_epoch}){tried}; giving up", [record])
         if s.restarts >= self.policy.max_restarts:
             return self._give_up(s, "restart_budget", f"{head} (retryable), but the restart budget "
-                                 f"({self.policy.max_restarts}) is used up; giving up", [record])
+                                 f"({self.policy.max_restarts}) is used up{tried}; giving up", [record])
         delay = self.policy.backoff(failures, self.rand())
         restart = s.restarts + 1
         # RUNNING -> BACKOFF (for a full disk: then wait for space)
         return replace(s, phase=Phase.BACKOFF, deadline=now + delay, waiting_disk=c.kind == "disk_full"), [
             Prepare(),
             record,
+            *remedied,
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
                                "progress": progressed}),
             Say(f"{head} (retryable); epoch {ev.epochs_completed} reached; relaunching with --c in {delay:.1f} s "

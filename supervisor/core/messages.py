@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from supervisor.core.causes import Evidence
+
 # ---- actions (carried out by the runner) ----
 
 
@@ -28,6 +30,7 @@ class Spawn:
     attempt: int
     resume: bool  # --c
     pretrained: Union[str, None] = None  # -pretrained_weights (a warm start)
+    env: tuple[tuple[str, str], ...] = ()  # the remedies in effect: variables set for this attempt
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class ChildExited:
     log_tail: str
     finished: bool
     epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
+    evidence: Evidence = field(default_factory=Evidence)  # what the machine knew (OOM kills, /dev/shm, memory, phase)
 
 
 @dataclass(frozen=True)

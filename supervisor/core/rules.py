@@ -8,11 +8,12 @@ may take, when a full disk is news, and what a new supervisor carries over from 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 from supervisor.core.lifecycle import LoopState
 from supervisor.core.messages import Abort, Record, Recycle
+from supervisor.core.remedies import Remedies
 
 
 def alarm_event(kind: str, message: str, fields: Mapping[str, Any] | None = None) -> Union[Abort, Recycle]:
@@ -68,9 +69,10 @@ class DiskWatch:
 def carried_over(previous: Mapping[str, Any], slurm_job: str | None) -> LoopState:
     """A new supervisor's start: attempt numbers always continue (attempt-N.log); inside one SLURM job the restart
     budget does too, across its requeues (a requeue is not a fresh start of the job)."""
-    state = LoopState(attempt=_count(previous.get("attempt")))
+    remedies = Remedies.from_document(previous.get("remedies"))  # a remedy that worked stays for the whole run
+    state = LoopState(attempt=_count(previous.get("attempt")), remedies=remedies)
     if slurm_job is not None and previous.get("slurm_job_id") == slurm_job:
-        state = LoopState(attempt=state.attempt, restarts=_count(previous.get("restarts")))
+        state = replace(state, restarts=_count(previous.get("restarts")))
     return state
 
 

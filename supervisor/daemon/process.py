@@ -21,6 +21,8 @@ from typing import Protocol
 import psutil
 
 from supervisor.daemon.stacks import dump_stacks, process_state
+from supervisor.evidence.collect import Probes
+from supervisor.oomscore import protect_self, unprotect
 from supervisor.trainer.protocol import MARKER_VAR
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -122,6 +124,7 @@ class TrainerProcess:
             with open(log_path, "ab", buffering=0) as log:
                 popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+            unprotect(popen.pid)
             return cls(popen, marker)
         # The log keeper has no run marker: stopping the trainer's tree must not stop it before it has written
         # the trainer's last words (it ends by itself once every writer is gone).
@@ -140,6 +143,9 @@ class TrainerProcess:
             raise
         finally:
             logcap.stdin.close()  # the trainer holds the pipe now; when its tree is gone, the keeper sees the end
+        # The trainer is the OOM killer's first choice again (its workers, forked later, inherit that); the log keeper
+        # keeps the supervisor's protection: it must outlive the trainer to write its last words.
+        unprotect(popen.pid)
         return cls(popen, marker, logcap)
 
     def wait(self, timeout_s: float | None = None) -> int | None:
@@ -206,6 +212,7 @@ class ProcessOps:
 
     def __init__(self, spawn: Spawner | None = None, log_cap: int | None = None) -> None:
         self._spawn: Spawner = spawn or functools.partial(TrainerProcess.spawn, log_cap=log_cap)
+        self.probes = Probes()  # the readings behind a failure's evidence (memory cgroup, kernel log, /dev/shm)
 
     def spawn(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> Trainer:
         return self._spawn(argv, env, log_path, cwd)
@@ -221,6 +228,10 @@ class ProcessOps:
 
     def become_subreaper(self) -> bool:
         return become_subreaper()
+
+    def protect_from_oom(self) -> str:
+        """Lower our own oom_score_adj (the trainers we start are set back): the OOM killer picks the trainer."""
+        return protect_self()
 
     def state(self, pid: int) -> str:
         return process_state(pid)

@@ -73,6 +73,7 @@ def state_document(s: LoopState, f: Facts, now: float) -> dict[str, Any]:
         "slurm_job_id": f.slurm_job_id,
         "main_loop_max_gap_s": round(f.main_loop_max_gap_s, 1),
         "verified_ahead": f.verified_ahead,
+        "remedies": s.remedies.document(),
     }
 
 

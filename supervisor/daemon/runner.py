@@ -49,6 +49,7 @@ from supervisor.daemon.launching import Launcher, VerifiedAhead
 from supervisor.daemon.power import read_battery
 from supervisor.daemon.process import ProcessOps, Spawner, Trainer
 from supervisor.daemon.publish import Facts, Publisher
+from supervisor.daemon.remedying import ladder_for
 from supervisor.daemon.sensors import Sensors
 from supervisor.deploy import slurm
 from supervisor.deploy.sdnotify import Notifier
@@ -83,7 +84,7 @@ class Runner:
         r = cfg.restart
         self.decider = Decider(RestartPolicy(r.max_restarts, r.backoff_initial_s, r.backoff_max_s,
                                              r.max_attempts_without_progress), cfg.process.stop_grace_s, rand,
-                               disk_check_s=r.disk_check_s)
+                               disk_check_s=r.disk_check_s, ladder=ladder_for(ctx))
         self.queue = Inbox()
         self.jobs = Jobs(self.queue.put)
         self.events = EventLog(self.layout.events_file, wall)  # written only by _record
@@ -114,6 +115,7 @@ class Runner:
         except OSError as exc:  # exit 2, not 70: a restart cannot make a read-only folder writable
             raise RunDirError(f"cannot use the run directory {self.layout.supervisor_dir}: {exc}") from None
         log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
+        log.info("%s", self.ops.protect_from_oom())
         own = str(self.layout.supervisor_dir)
         # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
         files = FileActivity([self.layout.fold_dir], self.queue.wake, min_interval_s=0.0,
@@ -303,14 +305,17 @@ class Runner:
         try:
             argv = build_argv(self.ctx, trainer_command(self.ctx), action.resume, action.pretrained)
             env = build_env(self.ctx, action.attempt)
+            env.update(action.env)  # the remedies in effect (the Decider chose them; user settings were respected)
             with open(log_path, "a") as f:
                 f.write(f"# nnunet-supervise attempt {action.attempt}: {' '.join(argv)}\n")
+                for var, value in action.env:
+                    f.write(f"# nnunet-supervise remedy in effect: {var}={value}\n")
             proc = self.ops.spawn(argv, env, log_path, self.layout.fold_dir)
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))
         self.proc = proc
         self.sensors.launched(action.attempt, logs_before, self.clock(),
-                              self.launcher.expect_epoch if action.resume else None)
+                              self.launcher.expect_epoch if action.resume else None, proc.pid)
         threading.Thread(target=self._wait_for, args=(proc,), name=f"wait-attempt-{action.attempt}",
                          daemon=True).start()
         return Launched(proc.pid, tuple(argv), action.resume)

@@ -16,6 +16,7 @@ from supervisor.checkpoints.meta import resume_point
 from supervisor.checkpoints.space import free_bytes, human, needed_bytes
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.context import RunContext
+from supervisor.core.causes import Evidence
 from supervisor.core.messages import Begin, ChildExited, DiskChecked, Event, Record
 from supervisor.core.power import BatteryReading, BatteryWatch, power_outcome
 from supervisor.core.rules import DiskWatch, Every, alarm_event, resume_check
@@ -23,10 +24,12 @@ from supervisor.core.stall import StallRules
 from supervisor.daemon.attempt import AttemptWatch
 from supervisor.daemon.process import ProcessOps
 from supervisor.daemon.traininglog import read_tail
+from supervisor.evidence.collect import AttemptEvidence
 from supervisor.observe.progress import num_epochs
 
 log = logging.getLogger("nnunet_supervise")
 
+EVIDENCE_SAMPLE_S = 5.0  # how often the tree's memory is sampled (a few /proc reads per process)
 NO_CHECKPOINT_WARNING = "Cannot continue training because there seems to be no checkpoint"
 
 
@@ -56,6 +59,9 @@ class Sensors:
         self.disk_watch = DiskWatch()
         self.store = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
         self.watch: AttemptWatch | None = None
+        self.probes = ops.probes
+        self.evidence: AttemptEvidence | None = None  # what the machine knows about the running attempt
+        self.evidence_every = Every(EVIDENCE_SAMPLE_S)
         self.attempt = 0
         self.running = False  # the attempt's main process is alive (its end is being handled otherwise)
         self.epoch_now: int | None = None
@@ -80,9 +86,11 @@ class Sensors:
         return Begin(finished=self.layout.is_finished(), resume=bool(checkpoints) or had_checkpoints,
                      best_epoch=epoch)
 
-    def launched(self, attempt: int, logs_before: set[Path], now: float, expect_epoch: int | None) -> None:
-        """A trainer started: watch what it writes from now on."""
+    def launched(self, attempt: int, logs_before: set[Path], now: float, expect_epoch: int | None,
+                 pid: int | None = None) -> None:
+        """A trainer started: watch what it writes from now on (and, given its pid, its memory and the OOM killer)."""
         hb = self.ctx.config.heartbeat
+        self.evidence = AttemptEvidence.start(pid, self.probes) if pid is not None else None
         self.attempt, self.running = attempt, True
         self._expect_epoch, self._resume_settled = expect_epoch, expect_epoch is None
         self.watch = AttemptWatch(self.layout, attempt, logs_before, self.rules, now, self._epoch_times,
@@ -101,7 +109,10 @@ class Sensors:
         meta = resume_point(self.layout.existing_checkpoints())
         epochs = max(self._attempt_epochs(), (meta.current_epoch or 0) if meta else 0)
         tail = read_tail(self.layout.attempt_log(self.attempt))
-        return ChildExited(returncode, tail, self.layout.is_finished(), epochs)
+        evidence = self.evidence.finish(self.watch.stall.phase if self.watch else None, self.epoch_now) \
+            if self.evidence is not None else Evidence()
+        self.evidence = None
+        return ChildExited(returncode, tail, self.layout.is_finished(), epochs, evidence)
 
     # ---- while it runs ----
 
@@ -118,6 +129,8 @@ class Sensors:
         watch = self.watch
         if watch is None or not self.running:
             return look
+        if self.evidence is not None and self.evidence_every.due(now):
+            self.evidence.sample()  # the tree's memory, and its pids for the kernel log's "Killed process" lines
         before = self.epoch_now
         self._attempt_epochs()
         look.epoch_changed = self.epoch_now != before

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from supervisor.context import RunContext
 from supervisor.errors import ExitCode
+from supervisor.oomscore import CHILD_VAR
 
 WATCHDOG_S = 60  # the main loop pings at least every 2 s; nothing on it blocks (verification, GPU-memory waits,
 # stack dumps and tree stops run off it): bench/goodput.py measured its longest gap at about 2 s under faults
@@ -77,6 +78,13 @@ def render(spec: UnitSpec) -> str:
         "Environment=TRITON_CACHE_DIR=%C/nnunet-supervise/triton",
         "CacheDirectory=nnunet-supervise",
         f"WatchdogSec={WATCHDOG_S}",
+        "# an OOM kill in the trainer's tree is the supervisor's to answer (evidence, a remedy, a relaunch); systemd's",
+        "# default (OOMPolicy=stop) would stop the whole unit, the supervisor with it",
+        "OOMPolicy=continue",
+        "# the kernel's OOM killer picks the trainer, not the supervisor: the unit starts at -500 (the supervisor has",
+        "# no capability to lower itself) and the supervisor sets what it starts back to 0 (raising needs none)",
+        "OOMScoreAdjust=-500",
+        f"Environment={CHILD_VAR}=0",
         "# SIGTERM to the supervisor alone: it stops the trainer's tree itself, after a save in cooperative mode",
         "KillMode=mixed",
         "KillSignal=SIGTERM",

@@ -15,7 +15,8 @@ from supervisor.errors import ConfigError, SupervisorError
 from supervisor.experiment.context import ExperimentContext
 from supervisor.experiment.devices import pool
 from supervisor.experiment.slurmchain import Options
-from supervisor.preflight import Report, cheap_checks, full_check, port_in_use
+from supervisor.oomscore import protect_self
+from supervisor.preflight import Report, cheap_checks, full_check, oom_protection_note, port_in_use
 
 
 def checks(exp: ExperimentContext, deep: bool) -> Report:
@@ -42,6 +43,9 @@ def checks(exp: ExperimentContext, deep: bool) -> Report:
             cheap_checks(ctx, sub)
         report.problems += [f"{configuration}: {p}" for p in sub.problems]
         report.notes += [f"{configuration}: {n}" for n in sub.notes]
+        report.warnings += [f"{configuration}: {w}" for w in sub.warnings]
+    if not deep:  # full_check said it for the first configuration
+        report.notes.append(oom_protection_note())
     splits = exp.preprocessed / "splits_final.json"
     report.notes.append(f"{splits} {'exists' if splits.exists() else 'will be written once, before folds start'}")
     m = exp.spec.metrics
@@ -60,6 +64,7 @@ def run(path: Path, level: int) -> int:
     if not report.ok:
         raise ConfigError(report.problems, str(exp.config_path))
     logging.getLogger("nnunet_supervise").setLevel(level)
+    logging.getLogger("nnunet_supervise").info("%s", protect_self())
     return ExperimentSupervisor(exp).run()
 
 

@@ -39,6 +39,8 @@ class Timeline:
     epochs: list[Epoch] = field(default_factory=list)
     failures: list[tuple[float, int, str]] = field(default_factory=list)  # (ts, attempt, classification)
     launches: list[tuple[float, int]] = field(default_factory=list)  # (ts, attempt)
+    causes: dict[int, str] = field(default_factory=dict)  # attempt -> the cause of its failure, where one was found
+    remedies: list[dict[str, Any]] = field(default_factory=list)  # the `remedy` events
     start: float = 0.0
     end: float = 0.0
 
@@ -74,6 +76,9 @@ def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
     t.launches = [(e["ts"], int(e.get("attempt", 0))) for e in events if e["event"] == "launch"]
     t.failures = [(e["ts"], int(e.get("attempt", 0)), str(e.get("classification"))) for e in events
                   if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
+    t.causes = {int(e.get("attempt", 0)): str(e["cause"]) for e in events if e["event"] == "exit" and e.get("cause")}
+    t.remedies = [{k: e.get(k) for k in ("attempt", "cause", "variable", "from", "to")}
+                  for e in events if e["event"] == "remedy"]
     for path in sorted(layout.training_logs(), key=lambda p: p.stat().st_mtime):
         for ep in read_log(path):
             # the attempt whose launch came last before this epoch started
@@ -106,7 +111,9 @@ def summary(t: Timeline) -> dict[str, Any]:
         "epochs_interrupted": sum(e.end is None for e in t.epochs),
         "restarts": max(0, len(t.launches) - 1),
         "attempts": len(t.launches),
-        "failures": [{"ts": ts, "attempt": a, "classification": c} for ts, a, c in t.failures],
+        "failures": [{"ts": ts, "attempt": a, "classification": c, **({"cause": t.causes[a]} if a in t.causes else {})}
+                     for ts, a, c in t.failures],
+        "remedies": t.remedies,
     }
 
 

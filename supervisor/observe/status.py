@@ -29,8 +29,11 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
     ckpt_epoch = max((e for e in ckpt_epochs if e is not None), default=None)
     eta = eta_s(epoch, total, state.get("epoch_times") or []) if live else None
     failures = [e for e in events if e["event"] == "exit" and e.get("classification") not in NOT_FAILURES]
-    last_failure = ({k: failures[-1].get(k) for k in ("ts", "attempt", "classification", "retryable", "summary")}
+    last_failure = ({k: failures[-1].get(k) for k in ("ts", "attempt", "classification", "retryable", "summary",
+                                                      "cause", "cause_summary", "evidence") if k in failures[-1]}
                     if failures else None)
+    remedies = state.get("remedies")
+    remedies = remedies if isinstance(remedies, dict) else {}
     gpu = next((e for e in reversed(events) if e["event"] in ("gpu_fault", "gpu_health")), None)
     age = checkpoint_age_s(layout.fold_dir, now)
     return {
@@ -47,6 +50,8 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
         "pid": state.get("pid") if live else None,
         "last_failure": last_failure,
         "last_exit": state.get("last_exit"),
+        "remedies": remedies.get("env") if isinstance(remedies.get("env"), dict) else {},
+        "remedy_history": [e for e in events if e["event"] == "remedy"],
         "gpu": gpu,
         "finished": layout.is_finished(),
         "checkpoints": [p.name for p in layout.existing_checkpoints()],
@@ -70,7 +75,12 @@ def text(info: dict[str, Any], where: object) -> str:
     if info["last_failure"]:
         lf = info["last_failure"]
         lines.append(f"last failure {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lf['ts']))} attempt "
-                     f"{lf['attempt']}: {lf['classification']}")
+                     f"{lf['attempt']}: {lf['classification']}"
+                     + (f" (cause {lf['cause']}: {lf.get('cause_summary')})" if lf.get("cause") else ""))
+    if info["remedies"]:
+        lines.append("remedies   " + ", ".join(f"{k}={v}" for k, v in info["remedies"].items())
+                     + " (" + "; ".join(f"attempt {r.get('attempt')}: {r.get('variable')} {r.get('from')} -> "
+                                        f"{r.get('to')} after {r.get('cause')}" for r in info["remedy_history"]) + ")")
     if info["last_exit"]:
         le = info["last_exit"]
         lines.append(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")

@@ -62,6 +62,7 @@ FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "pid_create_time": (lambda v: v is None or _number(v), "a time"),
     "supervisor_pid": (_int_or_none, "a pid"),
     "last_exit": (_dict_or_none, "an object"),
+    "remedies": (_dict_or_none, "an object"),
     "stop_reason": (_str_or_none, "a string"),
     "exit_code": (_int_or_none, "an exit code"),
     "resumable": (lambda v: isinstance(v, bool), "true or false"),

@@ -15,6 +15,8 @@ stock or custom, keeps its own overrides: the wrappers call the bound methods th
   iteration-level progress.
 - a save that fails for lack of space leaves the old checkpoint intact, says so and exits 74; the supervisor
   waits for space before it relaunches.
+- _set_batch_size_and_oversample: with NNUNET_SUPERVISE_BATCH_SIZE set (a remedy after a CUDA OOM that the user
+  opted in to), the batch size the plans give is replaced; the plans, the results folder and the checkpoints stay.
 
 No torch import here: the trainer imports it; this module only orchestrates (and is unit-tested with a fake).
 It imports nothing of the daemon (`supervisor.trainer.protocol` and `supervisor.atomic` only).
@@ -37,6 +39,7 @@ from typing import Any
 
 from supervisor.atomic import atomic_replace, atomic_write_text
 from supervisor.trainer.protocol import (
+    BATCH_SIZE_VAR,
     EXIT_DISK_FULL,
     EXIT_STOPPED,
     HEARTBEAT_VAR,
@@ -57,6 +60,7 @@ class Settings:
     heartbeat: Path | None = None
     heartbeat_min_interval_s: float = 1.0
     exit_grace_s: float = 60.0  # after a clean-exit request, os._exit if threads keep the process alive
+    batch_size: int | None = None  # a remedy: the batch size instead of the plans'
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -64,8 +68,10 @@ class Settings:
         every = env.get(SAVE_EVERY_EPOCHS_VAR, "1")
         seconds = env.get(SAVE_EVERY_S_VAR, "")
         beat = env.get(HEARTBEAT_VAR, "")
+        batch = env.get(BATCH_SIZE_VAR, "")
         return cls(save_every_epochs=int(every) if every and int(every) > 0 else None,
-                   save_every_s=float(seconds) if seconds else None, heartbeat=Path(beat) if beat else None)
+                   save_every_s=float(seconds) if seconds else None, heartbeat=Path(beat) if beat else None,
+                   batch_size=int(batch) if batch.isdigit() and int(batch) > 0 else None)
 
 
 def say(message: str) -> None:
@@ -136,6 +142,16 @@ class Cooperation:
         orig_save, orig_end = t.save_checkpoint, t.on_epoch_end
         orig_start, orig_train_end = t.on_epoch_start, t.on_train_end
         orig_train_step, orig_val_step = t.train_step, t.validation_step
+        if self.settings.batch_size is not None:
+            orig_batch = t._set_batch_size_and_oversample
+
+            def set_batch_size_and_oversample() -> None:
+                orig_batch()
+                before, t.batch_size = t.batch_size, self.settings.batch_size
+                say(f"batch size {self.settings.batch_size} instead of {before} (the supervisor's remedy after a CUDA "
+                    f"out-of-memory, which you opted in to: remedies.batch_size)")
+
+            t._set_batch_size_and_oversample = set_batch_size_and_oversample
 
         def save_checkpoint(filename: str) -> None:
             target = Path(filename)

@@ -14,6 +14,7 @@ MARKER_VAR = "NNUNET_SUPERVISE_RUN"  # the fold folder: finds every process of o
 HEARTBEAT_VAR = "NNUNET_SUPERVISE_HEARTBEAT"  # cooperative mode: where the trainer writes its heartbeat
 SAVE_EVERY_EPOCHS_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_EPOCHS"
 SAVE_EVERY_S_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_S"
+BATCH_SIZE_VAR = "NNUNET_SUPERVISE_BATCH_SIZE"  # cooperative mode, a remedy the user opted in to: the batch size
 
 # How the cooperative trainer ends when it is not finished.
 EXIT_STOPPED = ExitCode.STOPPED  # saved on request at an epoch end; resumable

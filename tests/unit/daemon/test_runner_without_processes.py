@@ -6,6 +6,7 @@ the lifecycle decides, and that its slow work (preparing a launch, dumping stack
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,52 @@ def test_the_main_loop_gap_is_measured_and_kept_in_state(tmp_path: Path) -> None
     assert runner.run() == 0
     assert runner.main_loop_max_gap_s > 0
     assert StateStore(ctx.layout.state_file).load()["main_loop_max_gap_s"] == round(runner.main_loop_max_gap_s, 1)
+
+
+WORKERS_GONE = ("Traceback (most recent call last):\nRuntimeError: One or more background workers are no longer alive. "
+                "Exiting.")
+
+
+def test_an_oom_killed_worker_halves_the_workers_the_next_attempt_gets_and_a_restart_keeps_them(
+        tmp_path: Path) -> None:
+    plan = [{"epochs": [0, 1], "outcome": "crash", "print": WORKERS_GONE, "killed": [{"main": False}]},
+            {"epochs": [1, 2], "outcome": "crash", "print": WORKERS_GONE},  # progress, no OOM: plain dying workers
+            {"epochs": [2, 4], "outcome": "finish"}]
+    code, ops, evs = run(tmp_path, plan, remedies={"min_workers": 0})
+    assert code == 0
+    exits = [e for e in evs if e["event"] == "exit"]
+    assert exits[0]["cause"] == "host_oom" and exits[0]["evidence"]["killed"][0]["cgroup"] is True
+    remedies = [e for e in evs if e["event"] == "remedy"]
+    first = min(2, os.cpu_count() or 1)  # nnU-Net's own count here: 12, capped at the CPU count
+    assert remedies[0]["variable"] == "nnUNet_n_proc_DA" and remedies[0]["to"] == str(first // 2)
+    assert "nnUNet_n_proc_DA" not in ops.envs[0] and ops.envs[1]["nnUNet_n_proc_DA"] == str(first // 2)
+    assert [e["event"] for e in evs].index("remedy") < [e["event"] for e in evs].index("backoff")
+    assert evs[-1]["event"] == "finished" and evs[-1]["remedies"]["nnUNet_n_proc_DA"] == ops.envs[-1][
+        "nnUNet_n_proc_DA"]
+    layout = make_ctx(tmp_path, plan).layout
+    state = StateStore(layout.state_file).load()
+    assert state["remedies"]["env"] == {"nnUNet_n_proc_DA": ops.envs[-1]["nnUNet_n_proc_DA"]}
+    header = layout.attempt_log(2).read_text().splitlines()[1]
+    assert header == f"# nnunet-supervise remedy in effect: nnUNet_n_proc_DA={first // 2}"
+
+
+def test_a_new_supervisor_carries_the_remedies_on(tmp_path: Path) -> None:
+    plan = [{"epochs": [0, 1], "outcome": "crash", "print": WORKERS_GONE, "killed": [{"main": False}]},
+            {"epochs": [1, 2], "outcome": "hang"}]
+    ctx = make_ctx(tmp_path, plan, remedies={"min_workers": 0})
+    ops = FakeOps(plan)
+    runner = Runner(ctx, ops=ops, clock=FakeClock(), tick_s=0.01, leftover_grace_s=0.0)
+    ops.on_spawn = lambda attempt: runner.queue.put(StopRequested("SIGTERM")) if attempt == 2 else None
+    assert runner.run() == 75
+    again = [{"epochs": [2, 3], "outcome": "finish"}]
+    ops2 = FakeOps([{}, {}, *again])
+    assert Runner(ctx, ops=ops2, clock=FakeClock(), tick_s=0.01, leftover_grace_s=0.0).run() == 0
+    assert ops2.envs[0]["nnUNet_n_proc_DA"] == ops.envs[1]["nnUNet_n_proc_DA"]
+
+
+def test_the_users_worker_count_is_left_alone_and_the_log_says_so(tmp_path: Path) -> None:
+    plan = [{"epochs": [0, 1], "outcome": "crash", "print": WORKERS_GONE, "killed": [{"main": False}]},
+            {"epochs": [1, 3], "outcome": "finish"}]
+    code, ops, evs = run(tmp_path, plan, nnunet_env={"nnUNet_n_proc_DA": "2"})
+    assert code == 0 and not [e for e in evs if e["event"] == "remedy"]
+    assert ops.envs[1]["nnUNet_n_proc_DA"] == "2"

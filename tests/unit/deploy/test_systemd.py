@@ -44,6 +44,9 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path, device: str)
     assert f'ExecStart={sys.executable} -m supervisor run "{tmp_path}/my run.yaml"' in text
     assert f"ReadWritePaths={tmp_path}/res {tmp_path}/pre" in text
     assert "RestartPreventExitStatus=1 2 3" in text and "SuccessExitStatus=75" in text
+    # an OOM kill of the trainer is ours to answer, and the kernel picks the trainer, not us
+    assert "OOMPolicy=continue" in text and "OOMScoreAdjust=-500" in text
+    assert "Environment=NNUNET_SUPERVISE_CHILD_OOM_SCORE_ADJ=0" in text
     assert ("TimeoutStopSec=962" in text) == (device == "cuda")  # grace 2 + cooperative save 900 + 60
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -221,3 +221,20 @@ def test_settings_come_from_the_supervisors_environment(tmp_path: Path) -> None:
     s = Settings.from_env({cooperative.SAVE_EVERY_EPOCHS_VAR: "0", cooperative.SAVE_EVERY_S_VAR: "900.0",
                            cooperative.HEARTBEAT_VAR: str(tmp_path / "hb.json")})
     assert s.save_every_epochs is None and s.save_every_s == 900.0 and s.heartbeat == tmp_path / "hb.json"
+
+
+def test_an_opted_in_batch_size_remedy_replaces_the_plans_batch_size(tmp_path: Path, restore_signals: None,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    trainer, _, _ = cooperate(tmp_path)  # without the variable: nnU-Net's own method, untouched
+    assert "_set_batch_size_and_oversample" not in vars(trainer)
+
+    class WithPlans(StandIn):
+        def _set_batch_size_and_oversample(self) -> None:
+            self.batch_size = 8  # what the plans say
+
+    t = WithPlans(tmp_path)
+    settings = Settings.from_env({cooperative.BATCH_SIZE_VAR: "4"})
+    Cooperation(t, settings, clock=Clock(), exit=raise_exit).install()
+    t._set_batch_size_and_oversample()  # nnU-Net calls it in initialize()
+    assert t.batch_size == 4
+    assert "batch size 4 instead of 8" in capsys.readouterr().out
