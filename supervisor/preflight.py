@@ -17,8 +17,7 @@ from typing import Any
 from supervisor.checkpoints.space import room_for
 from supervisor.command import helper_env, trainer_command
 from supervisor.context import RunContext
-from supervisor.core.remedies import SHM_FIX, WORKERS_VAR
-from supervisor.daemon.remedying import nnunet_default_workers, user_settings
+from supervisor.core.remedies import SHM_FIX, WORKERS_VAR, nnunet_default_workers, user_settings
 from supervisor.errors import LaunchError
 from supervisor.evidence.memory import memory_cgroup
 from supervisor.evidence.shm import shm_space

@@ -109,7 +109,8 @@ class FakeOps(ProcessOps):
         self.protected = True
         return "oom_score_adj untouched (fake)"
 
-    def _kills(self, pids: set[int], main_pid: int, since_usec: int) -> tuple[bool, tuple[KernelKill, ...]]:
+    def _kills(self, pids: set[int], main_pid: int, since_usec: int,
+               memcg: str | None) -> tuple[bool, tuple[KernelKill, ...]]:
         step = self.plan[main_pid - 1001]
         return True, tuple(KernelKill(main_pid if k.get("main") else main_pid + 100, "python", bool(k.get("main")),
                                       bool(k.get("cgroup", True))) for k in step.get("killed", []))

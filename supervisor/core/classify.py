@@ -33,6 +33,12 @@ def _rule(kind: str, retryable: bool, pattern: str, summary: str, advice: str = 
     return _Rule(kind, retryable, re.compile(pattern, re.MULTILINE), summary, advice)
 
 
+# torch's words when a tensor cannot be put into /dev/shm (a worker handing over its batch); nnU-Net's trainer then
+# waits for batches that never come
+SHM_ERROR = (r"unable to write to file </torch_|unable to (open|allocate) shared memory|"
+             r"/dev/shm.*No space left on device|No space left on device.*/dev/shm|"
+             r"killed by signal: Bus error|^Bus error")
+
 # Ordered: the first rule whose pattern occurs in the attempt log's tail wins, so specific causes come
 # before the generic traceback.
 RULES: tuple[_Rule, ...] = (
@@ -42,11 +48,7 @@ RULES: tuple[_Rule, ...] = (
           "or start a new training from it with -pretrained_weights (loses optimizer, epoch and LR schedule)"),
     # before workers_died: a worker that cannot put its batch into shared memory dies, and then the main process
     # says its workers are gone; the first words name the cause
-    _rule("shm_exhausted", True,
-          r"unable to write to file </torch_|unable to (open|allocate) shared memory|"
-          r"/dev/shm.*No space left on device|No space left on device.*/dev/shm|"
-          r"killed by signal: Bus error|^Bus error",
-          "shared memory (/dev/shm) ran out"),
+    _rule("shm_exhausted", True, SHM_ERROR, "shared memory (/dev/shm) ran out"),
     _rule("compile_error", True,
           r"^torch\._(dynamo|inductor)\.exc\.\w+|^(InductorError|BackendCompilerFailed)\b|"
           r"^triton\.\S*Error",
@@ -85,10 +87,13 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*:")
+
+
 def last_error_line(log_tail: str) -> str:
     """The last line that looks like an exception message, for the human-readable summary."""
     for line in reversed(log_tail.splitlines()):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*:", line.strip()):
+        if ERROR_LINE.match(line.strip()):
             return line.strip()[:300]
     return ""
 
@@ -128,8 +133,14 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
         return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "
                               "sent to it (not by this supervisor)")
     for rule in RULES:
-        if rule.pattern.search(log_tail):
-            detail = last_error_line(log_tail)
+        m = rule.pattern.search(log_tail)
+        if m:
+            # the line that named the cause (a dying worker's traceback may come last), else the last error line
+            start = log_tail.rfind("\n", 0, m.start()) + 1
+            end = log_tail.find("\n", m.end())
+            line = log_tail[start:end if end >= 0 else None].strip()
+            detail = line[:300] if rule.kind != "python_exception" and ERROR_LINE.match(line) else \
+                last_error_line(log_tail)
             summary = f"{rule.summary}: {detail}" if detail else rule.summary
             return Classification(rule.kind, rule.retryable, summary, rule.advice)
     return Classification("exit_nonzero", True, f"exited with status {returncode}")

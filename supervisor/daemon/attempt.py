@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.core.classify import SHM_ERROR
 from supervisor.core.stall import RECENT_EPOCHS, StallRules, StallWatch
-from supervisor.daemon.traininglog import LogFollower, LogProgress
+from supervisor.daemon.traininglog import LogFollower, LogProgress, read_tail
 from supervisor.fileread import read_bytes
 from supervisor.layout import CHECKPOINT_NAMES, RunLayout
 
@@ -24,8 +26,14 @@ from supervisor.layout import CHECKPOINT_NAMES, RunLayout
 class Alarm:
     """Something is wrong with the running attempt."""
 
-    kind: str  # "stall" | "lingering" | "diverged"
+    kind: str  # "stall" | "lingering" | "diverged" | "shm_exhausted"
     message: str
+
+
+# Workers that cannot put a batch into a full /dev/shm print torch's error and the trainer waits for ever (nnU-Net
+# sees live workers, so it never says they died): that many seconds without progress after the error is a hang.
+SHM_HANG_S = 30.0
+_SHM_RE = re.compile(SHM_ERROR, re.MULTILINE)
 
 
 class AttemptWatch:
@@ -76,6 +84,12 @@ class AttemptWatch:
             return Alarm("diverged", f"train_loss was nan for {nans} epochs in a row: the training diverged. "
                                        "Resuming from the same checkpoint repeats it; check the data (NaNs, "
                                        "empty labels, intensities) or lower the learning rate")
+        silent = now - self.stall.last_progress
+        if silent >= SHM_HANG_S:
+            m = _SHM_RE.search(read_tail(self.layout.attempt_log(self.attempt), 64 * 1024))
+            if m is not None:
+                return Alarm("shm_exhausted", f"nnU-Net's augmentation workers cannot hand over batches through "
+                                              f"/dev/shm ('{m.group(0)}') and nothing progressed for {silent:.0f} s")
         why = self.stall.stalled(now)
         return Alarm("stall", why) if why else None
 

@@ -29,7 +29,7 @@ from supervisor.observe.progress import num_epochs
 
 log = logging.getLogger("nnunet_supervise")
 
-EVIDENCE_SAMPLE_S = 5.0  # how often the tree's memory is sampled (a few /proc reads per process)
+EVIDENCE_SAMPLE_S = 2.0  # how often the tree's memory is sampled (a few /proc reads per process)
 NO_CHECKPOINT_WARNING = "Cannot continue training because there seems to be no checkpoint"
 
 

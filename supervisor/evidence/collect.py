@@ -20,7 +20,7 @@ class Probes:
     cgroup: Callable[[int], MemoryCgroup | None] = memory_cgroup
     tree: Callable[[int], tuple[int, set[int]]] = tree_memory
     shm: Callable[[], tuple[int, int] | None] = shm_space
-    kills: Callable[[set[int], int, int], tuple[bool, tuple[KernelKill, ...]]] = kmsg.oom_kills
+    kills: Callable[[set[int], int, int, str | None], tuple[bool, tuple[KernelKill, ...]]] = kmsg.oom_kills
     clock_usec: Callable[[], int] = kmsg.now_usec
 
 
@@ -57,7 +57,7 @@ class AttemptEvidence:
         cg = self.cgroup
         after = cg.oom_kills() if cg else None
         kills = after - self.kills_before if after is not None and self.kills_before is not None else None
-        readable, killed = self.probes.kills(self.pids | {self.pid}, self.pid, self.since_usec)
+        readable, killed = self.probes.kills(self.pids | {self.pid}, self.pid, self.since_usec, cg.name if cg else None)
         shm_now = self.probes.shm()
         return Evidence(
             oom_kills=kills, memory_cgroup=str(cg.path) if cg else None,

@@ -1,4 +1,8 @@
-"""The kernel log's OOM-killer lines (/dev/kmsg), for the pids of one trainer tree.
+"""The kernel log's OOM-killer lines (/dev/kmsg), for one trainer tree.
+
+A kill is the tree's when its pid was seen in the tree, or when the kernel's "oom-kill:" line just before it names
+the tree's own memory cgroup (task_memcg): an augmentation worker can be born and killed between two samples of the
+tree. (The root cgroup "/" names nothing: every process of the machine is in it.)
 
 Each read of /dev/kmsg returns one record, "PRIORITY,SEQUENCE,MICROSECONDS,FLAGS;MESSAGE"; EPIPE means records were
 overwritten while we read (skip on), EAGAIN that there are no more. Reading needs CAP_SYSLOG where
@@ -11,13 +15,14 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from supervisor.core.causes import KernelKill
 
 KMSG = "/dev/kmsg"
 MAX_RECORDS = 200_000  # a ring buffer is a few MB; never loop forever on a device that keeps answering
 _KILLED = re.compile(r"(Memory cgroup out of memory: |Out of memory: |)Killed process (\d+) \(([^)]*)\)")
+_OOM_KILL = re.compile(r"oom-kill:.*task_memcg=([^,]*),.*pid=(\d+)")
 
 
 def records(path: str = KMSG) -> Iterator[tuple[int, str]]:
@@ -43,13 +48,32 @@ def records(path: str = KMSG) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
-def oom_kills(pids: set[int], main_pid: int, since_usec: int, path: str = KMSG) -> tuple[bool, tuple[KernelKill, ...]]:
-    """(readable, the OOM killer's kills of these pids since since_usec)."""
+def oom_kills(pids: set[int], main_pid: int, since_usec: int, memcg: str | None = None,
+              path: str = KMSG) -> tuple[bool, tuple[KernelKill, ...]]:
+    """(readable, the OOM killer's kills of the tree since since_usec); memcg: the tree's memory cgroup, as the
+    kernel names it (relative to the hierarchy's root)."""
     try:
-        found = [parse_kill(message, pids, main_pid) for usec, message in records(path) if usec >= since_usec]
+        found = kills_in((message for usec, message in records(path) if usec >= since_usec), pids, main_pid, memcg)
     except OSError:
         return False, ()
-    return True, tuple(k for k in found if k is not None)
+    return True, found
+
+
+def kills_in(messages: Iterable[str], pids: set[int], main_pid: int, memcg: str | None) -> tuple[KernelKill, ...]:
+    """The tree's kills among kernel log messages (in order: an "oom-kill:" line comes before its "Killed process")."""
+    ours = memcg if memcg and memcg != "/" else None
+    in_memcg: set[int] = set()
+    found = []
+    for message in messages:
+        m = _OOM_KILL.search(message)
+        if m is not None:
+            if ours is not None and m.group(1) == ours:
+                in_memcg.add(int(m.group(2)))
+            continue
+        kill = parse_kill(message, pids | in_memcg, main_pid)
+        if kill is not None:
+            found.append(kill)
+    return tuple(found)
 
 
 def parse_kill(message: str, pids: set[int], main_pid: int) -> KernelKill | None:

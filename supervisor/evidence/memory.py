@@ -22,6 +22,7 @@ class MemoryCgroup:
     path: Path
     events: Path  # memory.events (v2) or memory.oom_control (v1)
     limit: Path  # memory.max (v2) or memory.limit_in_bytes (v1)
+    name: str = "/"  # as /proc/PID/cgroup and the kernel log name it: the path within its hierarchy
 
     def oom_kills(self) -> int | None:
         try:
@@ -72,14 +73,14 @@ def cgroup_from_lines(lines: list[str], root: Path = CGROUP_ROOT) -> MemoryCgrou
         if "memory" in controllers.split(","):
             folder = root / "memory" / rel.lstrip("/")
             if (folder / "memory.oom_control").exists():
-                return MemoryCgroup(folder, folder / "memory.oom_control", folder / "memory.limit_in_bytes")
+                return MemoryCgroup(folder, folder / "memory.oom_control", folder / "memory.limit_in_bytes", rel)
         elif controllers == "":
             v2 = rel
     if v2 is not None:
         for base in (root, root / "unified"):
             folder = base / v2.lstrip("/")
             if (folder / "memory.events").exists():
-                return MemoryCgroup(folder, folder / "memory.events", folder / "memory.max")
+                return MemoryCgroup(folder, folder / "memory.events", folder / "memory.max", v2)
     return None
 
 

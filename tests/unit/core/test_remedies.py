@@ -250,3 +250,8 @@ def test_each_cause_reaches_its_remedy_through_the_decider(log: str, evidence: E
     s, actions = fail(d, s, 1.0, log, evidence)
     remedy = next(a.fields for a in actions if isinstance(a, Record) and a.event == "remedy")
     assert remedy["cause"] == cause
+
+
+def test_the_summary_quotes_the_line_that_named_the_cause_not_a_later_dying_worker() -> None:
+    c = classify_exit(1, COMPILE_LOG + "\n" + WORKER_DIED_LOG, finished=False)
+    assert c.kind == "compile_error" and "InductorError: InvalidCxxCompiler" in c.summary

@@ -148,3 +148,17 @@ def test_exports_to_the_next_stage_count_as_validation_progress(tmp_path: Path) 
         (stage / f"tiny_{i:03d}.npz").write_bytes(b"x")
         assert watch.poll(now) is None
     assert watch.poll(104.0) is None and watch.poll(105.0) is not None
+
+
+def test_workers_stuck_on_a_full_dev_shm_are_a_hang_after_30_silent_seconds(tmp_path: Path) -> None:
+    watch, layout = watch_for(tmp_path)
+    layout.attempt_log(1).write_text(
+        "Traceback (most recent call last):\n  File \"multiprocessing/queues.py\", line 244, in _feed\n"
+        "RuntimeError: unable to allocate shared memory(shm) for file </torch_32231_4279090103_5635>: No space left "
+        "on device (28)\n")
+    assert watch.poll(29.0) is None  # within the start-up grace, and not yet 30 s of silence
+    alarm = watch.poll(30.0)
+    assert alarm is not None and alarm.kind == "shm_exhausted" and "/dev/shm" in alarm.message
+    quiet, other = watch_for(tmp_path / "b")
+    other.attempt_log(1).write_text("all fine\n")
+    assert quiet.poll(30.0) is None  # silence alone is the start-up grace's business

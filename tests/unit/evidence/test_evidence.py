@@ -24,6 +24,7 @@ def test_a_v1_memory_cgroup_is_found_and_its_oom_count_and_limit_read(tmp_path: 
     (folder / "memory.limit_in_bytes").write_text("4294967296\n")
     cg = cgroup_from_lines(["9:name=systemd:/", "4:memory:/slurm/job_7", "0::/"], tmp_path)
     assert cg is not None and cg.path == folder and cg.oom_kills() == 3 and cg.limit_bytes() == 4 << 30
+    assert cg.name == "/slurm/job_7"
     (folder / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert cg.limit_bytes() is None  # v1's "no limit"
 
@@ -46,6 +47,18 @@ def test_the_kernels_oom_lines_are_matched_to_the_trees_pids() -> None:
     main = kmsg.parse_kill("Out of memory: Killed process 100 (nnUNetv2_train) total-vm:9G", pids, main_pid=100)
     assert main is not None and main.main and not main.cgroup
     assert kmsg.parse_kill("Out of memory: Killed process 555 (firefox)", pids, 100) is None  # not ours
+
+
+def test_a_worker_born_and_killed_between_two_samples_is_found_by_its_memory_cgroup() -> None:
+    lines = ["oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/job/7,"
+             "task_memcg=/job/7,task=nnUNetv2_train,pid=428,uid=0",
+             "Memory cgroup out of memory: Killed process 428 (nnUNetv2_train) total-vm:5843012kB",
+             "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,"
+             "task_memcg=/,task=firefox,pid=555,uid=1000",
+             "Out of memory: Killed process 555 (firefox) total-vm:1kB"]
+    kills = kmsg.kills_in(lines, {100}, 100, "/job/7")
+    assert [(k.pid, k.main, k.cgroup) for k in kills] == [(428, False, True)]
+    assert kmsg.kills_in(lines, {100}, 100, "/") == ()  # the root cgroup names every process: nothing by it
 
 
 def test_the_kernel_log_is_read_where_it_may_be() -> None:
@@ -111,7 +124,7 @@ def test_a_real_oom_kill_in_a_memory_limited_cgroup_is_seen_by_count_and_by_the_
         child.stdin.close()
         assert child.wait(60) == -9
         found = ev.finish(phase="training", epoch=3)
-        assert found.oom_kills == 1 and found.memory_limit_bytes == 64 << 20
+        assert found.oom_kills == 1 and found.memory_limit_bytes == 64 << 20 and found.memory_cgroup == str(folder)
         if found.kernel_log:
             assert [k.pid for k in found.killed] == [child.pid] and found.killed[0].cgroup
     finally:
