@@ -1,5 +1,6 @@
-"""A real one-node SLURM (started by scripts/slurm-up.sh): the rendered job is preempted mid-training with its
-signal, requeues itself, resumes at the checkpoint's epoch and finishes."""
+"""A real one-node SLURM (started by scripts/slurm-up.sh): an experiment's job chain, one array task preempted
+mid-training with its signal; it requeues itself alone, resumes at the checkpoint's epoch and finishes, and the
+find-best job runs after every fold."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
 
 from supervisor.checkpoints.meta import read_meta
-from supervisor.context import RunContext
+from supervisor.experiment.context import Cell, ExperimentContext
 from tests.conftest import events_of, state_of, wait_for
 from tests.integration.test_cooperative import SPARSE, first_epoch, training_logs
 
@@ -36,22 +37,36 @@ def job_field(job: str, field: str) -> str | None:
     return m.group(1) if m else None
 
 
-def test_a_preempted_array_task_requeues_alone_resumes_at_its_checkpoint_and_finishes(
-        slurm_cluster: None, write_config: Any, tmp_path: Path) -> None:
-    """A 2-task array (folds 0 and 1): task 1 gets the preemption signal, requeues itself alone (its sibling runs on
-    undisturbed), resumes at its saved epoch and finishes; so does task 0."""
-    config = write_config(nnunet={"trainer": "nnUNetTrainer_Sparse", "trainer_paths": [str(SPARSE)]},
-                          cooperative={"enabled": True})
-    ctx0, ctx1 = RunContext.load(config, "0"), RunContext.load(config, "1")
-    out = subprocess.run([sys.executable, "-m", "supervisor", "slurm", str(config), "--submit", "--time", "00:30:00",
-                          "--folds", "0-1", "--cpus", "1", "--mem", "4G"],
+def test_an_experiment_chain_requeues_a_preempted_task_alone_and_finds_the_best_after_every_fold(
+        slurm_cluster: None, tiny_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    """`slurm EXPERIMENT --submit`: one configuration x two folds (an array of 2 tasks) and the find-best job after it.
+    Task 1 gets the preemption signal, requeues itself alone (its sibling trains on undisturbed), resumes at its saved
+    epoch and finishes; then the find-best job runs and writes its output."""
+    raw, pre = tiny_dataset
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "experiment": {"configurations": ["3d_fullres"], "folds": [0, 1]},
+        "nnunet": {"dataset": 901, "trainer": "nnUNetTrainer_Sparse", "device": "cpu", "trainer_paths": [str(SPARSE)],
+                   "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
+        "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(tmp_path / "res")},
+        "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
+        "cooperative": {"enabled": True},
+    }))
+    # the tasks, starting together, must write it ahead themselves (earlier tests on this dataset left one behind;
+    # what they write is the same: nnU-Net's own split, seed 12345)
+    (pre / "Dataset901_Tiny" / "splits_final.json").unlink(missing_ok=True)
+    exp = ExperimentContext.load(path)
+    ctx0, ctx1 = (exp.run(Cell("3d_fullres", f)) for f in (0, 1))
+    out = subprocess.run([sys.executable, "-m", "supervisor", "slurm", str(path), "--submit", "--parsable",
+                          "--time", "00:30:00", "--cpus", "1", "--mem", "4G"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
-    array = re.search(r"submitted job (\d+)", out.stdout).group(1)  # type: ignore[union-attr]
+    array, best = out.stdout.split()
     task0, task1 = f"{array}_0", f"{array}_1"
     try:
         wait_for(lambda: (state_of(ctx1).get("epoch") or 0) >= 2 and (state_of(ctx0).get("epoch") or 0) >= 1, 300,
                  "both tasks' trainings to be under way")
+        assert job_field(best, "JobState") == "PENDING"  # afterok: it waits for the whole array
         subprocess.run(["scancel", "-s", "USR1", "--batch", task1], check=True)  # what --signal=B:USR1@300 sends
         wait_for(lambda: any(e["event"] == "requeue" for e in events_of(ctx1)), 180, "the requeue")
         stopped = read_meta(ctx1.layout.fold_dir / "checkpoint_latest.pth").current_epoch
@@ -59,12 +74,12 @@ def test_a_preempted_array_task_requeues_alone_resumes_at_its_checkpoint_and_fin
         wait_for(lambda: job_field(task1, "JobState") == "PENDING", 120, "task 1 to be pending again")
         assert job_field(task0, "JobState") in ("RUNNING", "COMPLETED")  # the sibling was not touched
         subprocess.run(["scontrol", "update", f"JobId={task1}", "StartTime=now"], check=False)
-        for task in (task0, task1):
-            wait_for(lambda t=task: job_field(t, "JobState") == "COMPLETED", 600, f"{task} to finish")
+        for job in (task0, task1, best):
+            wait_for(lambda j=job: job_field(j, "JobState") == "COMPLETED", 600, f"{job} to complete")
     finally:
-        for task in (task0, task1):
-            if job_field(task, "JobState") not in ("COMPLETED", None):
-                subprocess.run(["scancel", task], check=False)
+        for job in (task0, task1, best):
+            if job_field(job, "JobState") not in ("COMPLETED", None):
+                subprocess.run(["scancel", job], check=False)
     assert job_field(task1, "Restarts") == "1" and job_field(task0, "Restarts") == "0"
     evs = events_of(ctx1)
     requeue = next(e for e in evs if e["event"] == "requeue")
@@ -79,5 +94,8 @@ def test_a_preempted_array_task_requeues_alone_resumes_at_its_checkpoint_and_fin
     sibling = [e["event"] for e in events_of(ctx0)]
     assert "stop_requested" not in sibling and "requeue" not in sibling and sibling.count("launch") == 1
     assert len(training_logs(ctx0)) == 1  # one uninterrupted training
-    log = next(ctx1.layout.fold_dir.parent.glob(f"slurm-*-{array}_1.out")).read_text()
+    assert (exp.layout.root / "inference_instructions.txt").is_file()  # the find-best job ran after both folds
+    log = next((exp.layout.root / "slurm").glob(f"slurm-*-{array}_1.out")).read_text()
     assert "restart count 1" in log  # --open-mode=append: both incarnations in one log
+    outs = "".join(p.read_text() for p in (exp.layout.root / "slurm").glob(f"slurm-*-{array}_*.out"))
+    assert re.search(r"wrote \S*splits_final\.json .*as nnU-Net would", outs)  # a task wrote it ahead, atomically
