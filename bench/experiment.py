@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/experiment.py [WORKDIR] [SLOTS]
 
-The tiny dataset, 2 configurations (2d, 3d_fullres) x 2 folds, the demo trainer (10 epochs of 5 iterations) on the
+The tiny dataset, 2 configurations (2d, 3d_fullres) x 2 folds, the demo trainer (10 epochs of 3 iterations) on the
 CPU, four runs measured in one go:
 
     experiment          nnunet-supervise run experiment.yaml (devices.slots = SLOTS, default 2; cooperative mode)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/goodput.py [WORKDIR] [CAP_S]
 
-The demo trainer (10 epochs of 5 iterations, save_every 2) trains the tiny dataset on the CPU four times: each
+The demo trainer (10 epochs of 3 iterations, save_every 2) trains the tiny dataset on the CPU four times: each
 variant once fault-free and once under the same fault schedule, applied when the training log reaches an epoch:
 
     epoch 2: SIGKILL to the trainer

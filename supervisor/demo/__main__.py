@@ -24,7 +24,7 @@ from supervisor.rundir.statefile import StateStore
 
 KILL_AT_EPOCH = 5
 COMMENT = """A supervised nnU-Net training of the tiny demo dataset on the CPU: the demo trainer trains
-10 epochs of 5 iterations and saves a checkpoint every 2nd epoch."""
+10 epochs of 3 iterations and saves a checkpoint every 2nd epoch."""
 
 
 def say(msg: str) -> None:

@@ -70,10 +70,10 @@ def memory_limited() -> Iterator[Path]:
         pass
 
 
-def hungry(write_config: Any, **extra: Any) -> Path:
+def hungry(write_config: Any, attempts: int = 3, **extra: Any) -> Path:
     return write_config(nnunet={"trainer": "nnUNetTrainer_Hungry", "trainer_paths": [str(TRAINERS)],
                                 "env": {"nnUNet_def_n_proc": "1", "HUNGRY_MB": str(HUNGRY_MB)}},
-                        restart={"max_attempts_without_progress": 3}, **extra)
+                        restart={"max_attempts_without_progress": attempts}, **extra)
 
 
 def test_a_worker_killed_by_a_real_memory_limit_halves_the_workers_and_the_run_finishes(
@@ -98,7 +98,7 @@ def test_a_worker_killed_by_a_real_memory_limit_halves_the_workers_and_the_run_f
 
 
 def test_the_same_run_without_remedies_gives_up(write_config: Any, memory_limited: Path, tmp_path: Path) -> None:
-    config = hungry(write_config, remedies={"enabled": False})
+    config = hungry(write_config, attempts=2, remedies={"enabled": False})  # the same failure twice is enough
     join = ["sh", "-c", f'echo $$ > {memory_limited}/cgroup.procs && exec "$@"', "join"]
     assert run_in(config, join, tmp_path / "supervisor.log") == 1
     evs = events_of(RunContext.load(config))

@@ -1,7 +1,7 @@
 """A short custom trainer for the demo and the tests: it lives outside the nnunetv2 package.
 
 nnU-Net finds it through `nnUNet_extTrainer`, which the supervisor sets from `nnunet.trainer_paths`.
-Ten epochs of five iterations keep a CPU run to about a minute; saving `checkpoint_latest.pth`
+Ten epochs of three iterations keep a CPU run to under a minute; saving `checkpoint_latest.pth`
 every second epoch (nnU-Net's default is every 50th) leaves a checkpoint to resume from.
 """
 
@@ -14,7 +14,7 @@ class nnUNetTrainer_Demo(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's own signature
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 10
-        self.num_iterations_per_epoch = 5
+        self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 2
         self.save_every = 2
 
