@@ -9,7 +9,8 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge
-cat > /etc/slurm/slurm.conf <<CONF
+CONF_NEW=$(mktemp)
+cat > "$CONF_NEW" <<CONF
 ClusterName=nnunet-supervise-test
 SlurmctldHost=${HOST}
 SlurmUser=root
@@ -28,10 +29,23 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 MpiDefault=none
+AuthInfo=cred_expire=10
 KillWait=30
 NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 CONF
+# cred_expire=10: a requeued job waits for its credential to expire (BeginTime) before it runs again; SLURM's
+# default 120 s would make the preemption test wait 2 minutes, and releasing the job earlier by hand races the
+# revoked credential (slurmd refuses the launch and the job fails with exit 1).
+if ! cmp -s "$CONF_NEW" /etc/slurm/slurm.conf; then
+  mv "$CONF_NEW" /etc/slurm/slurm.conf
+  # a changed configuration reaches daemons that already run only by a restart
+  pkill -x slurmctld 2>/dev/null || true
+  pkill -x slurmd 2>/dev/null || true
+  for _ in $(seq 1 30); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1; done
+else
+  rm -f "$CONF_NEW"
+fi
 if [ ! -s /etc/munge/munge.key ]; then
   dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
 fi
