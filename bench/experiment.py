@@ -18,6 +18,7 @@ redone per fault (an epoch index completed more than once in a fold's training l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -130,6 +131,11 @@ def run(name: str, root: Path, raw: Path, pre: Path, slots: int, faults: bool, c
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     makespan = time.monotonic() - t0
+    # a trainer SIGKILLed under the plain script leaves its augmentation workers running, re-parented to init but
+    # still in the run's process group: count them, then end them (they would skew the next variant and benches)
+    left = [p for p in psutil.process_iter() if pgid_of(p.pid) == proc.pid]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     redone = {}
     for configuration, fold in CELLS:
         _, completed = epochs_in(fold_dir(results, configuration, fold))
@@ -137,7 +143,14 @@ def run(name: str, root: Path, raw: Path, pre: Path, slots: int, faults: bool, c
     done = all((fold_dir(results, c, f) / "checkpoint_final.pth").exists() for c, f in CELLS)
     best = (results / DATASET_NAME / "inference_instructions.txt").exists()
     return {"makespan_s": makespan, "finished": done and best and proc.returncode == 0, "redone": redone,
-            "faults": applied, "results": results, "slots": slots}
+            "faults": applied, "results": results, "slots": slots, "left_behind": len(left)}
+
+
+def pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def idle_share(results: Path, slots: int, makespan: float) -> float:
@@ -181,6 +194,8 @@ def main() -> None:
         r = rows[name]
         count = max(1, len(r["faults"]))
         print(f"{name}: epochs redone per fault = {sum(r['redone'].values()) / count:.2f}")
+    print("processes of the run still alive after it ended: "
+          + ", ".join(f"{name} {r['left_behind']}" for name, r in rows.items()))
 
 
 if __name__ == "__main__":
