@@ -7,7 +7,7 @@ from /proc, when the next trainer process was created (the relaunch delay; for t
 delay it chose and logged, which is its own overhead: stopping the old tree and verifying the checkpoints) and
 how many of the killed trainer's workers are still alive right after the relaunch.
 
-The supervisor (backoff 1 s, cooperative mode saving every 2nd epoch, a trainer whose best is never beaten, as late
+The supervisor (backoff 1 s, cooperative mode saving every 4th epoch, a trainer whose best is never beaten, as late
 in a real training) runs twice: killed once the newest checkpoint was verified ahead (the usual case: nnU-Net saves
 every 50 epochs, minutes apart, and the verification takes seconds), and killed right after a checkpoint was
 written, while its verification still runs (the worst case: the relaunch waits for it). For the first we also
@@ -35,7 +35,7 @@ from supervisor.rundir.eventlog import read_events
 from supervisor.rundir.statefile import StateStore
 
 KILL_AT = 3
-TRAINER = "nnUNetTrainer_SparsePlateau"  # bench/trainers: nnU-Net never writes a best, as late in a long run
+TRAINER = "nnUNetTrainer_SparsePlateauLong"  # bench/trainers: nnU-Net never writes a best, as late in a long run
 PLATEAU = Path(__file__).resolve().parent / "trainers"
 
 
@@ -128,7 +128,7 @@ def run_supervisor(root: Path, raw: Path, pre: Path, moment: str) -> dict[str, A
     config = root / f"bench_{moment}.yaml"
     write_demo_config(config, raw, pre, results, nnunet={"trainer": TRAINER, "trainer_paths": [str(PLATEAU)]},
                       restart={"backoff_initial_s": 1, "backoff_max_s": 1},
-                      cooperative={"enabled": True, "save_every_epochs": 2})
+                      cooperative={"enabled": True, "save_every_epochs": 4})
     fold = results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
     sup = subprocess.Popen([sys.executable, "-m", "supervisor", "run", str(config)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

@@ -26,3 +26,14 @@ class nnUNetTrainer_SparsePlateau(nnUNetTrainer):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+
+class nnUNetTrainer_SparsePlateauLong(nnUNetTrainer_SparsePlateau):
+    """The same for 16 epochs, for bench/relaunch.py: its verified-ahead case needs a checkpoint_latest that stays
+    unchanged longer than verifying it ahead takes while the trainer keeps both cores of the test VM busy (the
+    verifier runs at SCHED_IDLE and rests 3x its run time between runs, so over 8 short epochs it verified once)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 - nnU-Net's own signature
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 16
