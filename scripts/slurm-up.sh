@@ -37,6 +37,7 @@ CONF
 # cred_expire=10: a requeued job waits for its credential to expire (BeginTime) before it runs again; SLURM's
 # default 120 s would make the preemption test wait 2 minutes, and releasing the job earlier by hand races the
 # revoked credential (slurmd refuses the launch and the job fails with exit 1).
+chmod 644 "$CONF_NEW"  # mktemp makes it 0600; every SLURM client (sinfo, sbatch as any user) reads it
 if ! cmp -s "$CONF_NEW" /etc/slurm/slurm.conf; then
   mv "$CONF_NEW" /etc/slurm/slurm.conf
   # a changed configuration reaches daemons that already run only by a restart
