@@ -32,14 +32,21 @@ def trainer_command(ctx: RunContext) -> list[str]:
     return [train_executable()]
 
 
-def build_argv(ctx: RunContext, command: list[str], resume: bool, pretrained: str | None = None) -> list[str]:
-    """COMMAND DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--c | -pretrained_weights W] [extra]."""
+def build_argv(ctx: RunContext, command: list[str], resume: bool, pretrained: str | None = None,
+               validate: bool = False) -> list[str]:
+    """COMMAND DATASET CONFIG FOLD -tr T -p P -device D [-num_gpus N] [--val | --c | -pretrained_weights W] [extra].
+
+    validate: the training finished (checkpoint_final.pth) and only its final validation is left: --val runs just
+    that (with the run's --npz, among the extra arguments), where --c would re-initialise the training and rewrite
+    checkpoint_final.pth."""
     nn = ctx.config.nnunet
     argv = [*command, str(nn.dataset), nn.configuration, str(nn.fold),
             "-tr", nn.trainer, "-p", nn.plans, "-device", nn.device]
     if nn.num_gpus != 1:
         argv += ["-num_gpus", str(nn.num_gpus)]
-    if resume:
+    if validate:
+        argv.append("--val")
+    elif resume:
         argv.append("--c")
     elif pretrained:
         argv += ["-pretrained_weights", pretrained]

@@ -164,6 +164,9 @@ class CheckpointSection(_Section):
     on_incompatible: Literal["stop", "warm_start"] = "stop"
     allow_fresh_start: bool = False
     snapshots: int = Field(1, ge=0)  # verified checkpoint_latest copies kept in supervisor/snapshots/
+    # a resume whose trainer settings (num_epochs, initial_lr, batch/patch size, plans, the fold's split) changed
+    # since the checkpoint: stop before launching, or go on as the user means it
+    on_changed_settings: Literal["stop", "continue"] = "stop"
 
 
 class CooperativeSection(_Section):
@@ -219,6 +222,11 @@ class RemediesSection(_Section):
     batch_size: bool = False  # CUDA OOM, opt-in, cooperative mode only: halve the batch size
     min_batch_size: int = Field(2, ge=1)
     override_user: bool = False  # may a remedy change a variable you set (nnunet.env, the supervisor's environment)?
+    # the trainer's torch.load refuses a checkpoint our verification passed: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+    weights_only: bool = True
+    # extension: before each launch, fit nnUNet_n_proc_DA, nnUNet_def_n_proc and OMP_NUM_THREADS to the CPUs and
+    # memory this process is really given (affinity, cgroup, SLURM), unless you set them
+    fit_allocation: bool = True
 
 
 class RunSections(_Section):

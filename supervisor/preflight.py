@@ -21,6 +21,7 @@ from supervisor.core.remedies import SHM_FIX, WORKERS_VAR, nnunet_default_worker
 from supervisor.errors import LaunchError
 from supervisor.evidence.memory import memory_cgroup
 from supervisor.evidence.shm import shm_space
+from supervisor.gpu.nvml import cuda_problem
 from supervisor.oomscore import SUPERVISOR_SCORE, may_lower
 from supervisor.rundir.lock import RunLock
 from supervisor.trainer.lookup import find_trainer
@@ -101,6 +102,14 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
                                f"-d {nn.dataset} first)")
         return
     report.notes.append(f"dataset {ctx.dataset_name} in {ctx.paths.preprocessed}")
+    if nn.device == "cuda":
+        visible = nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        why = cuda_problem(visible)
+        if why:
+            report.problems.append(f"nnunet.device: cuda, but {why}; nnU-Net would stop with \"Found no NVIDIA "
+                                   "driver on your system\" or \"No CUDA GPUs are available\". Run where an NVIDIA GPU "
+                                   "and its driver are (nvidia-smi works), or set nnunet.device: cpu (slow) or mps "
+                                   "(Apple silicon)")
     plans = _load_json(pre / f"{nn.plans}.json", report, f"plans '{nn.plans}'")
     dataset_json = _load_json(pre / "dataset.json", report, "dataset.json")
     if isinstance(plans, dict):

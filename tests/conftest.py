@@ -43,7 +43,8 @@ def make_ctx(tmp_path: Path, plan: list[dict[str, Any]], heartbeat: dict[str, An
                 "env": {"FAKE_PLAN": json.dumps(plan), **(nnunet_env or {})}},
         restart={"backoff_initial_s": 0.0, **restart}, process={"stop_grace_s": 2}, heartbeat=heartbeat or {},
         power=power or {}, cooperative=cooperative or {}, metrics=metrics or {}, notify=notify or {},
-        remedies=remedies or {})
+        # the fake trainer's runs do not depend on this machine's CPUs (the sizing has tests of its own)
+        remedies={"fit_allocation": False, **(remedies or {})})
     return RunContext.load(config)
 
 

@@ -43,6 +43,7 @@ class Outcome:
     failure_record: Record | None = None  # e.g. incompatible_checkpoint with its three lists
     pretrained: str | None = None  # -pretrained_weights (a warm start): the launch then goes without --c
     expect_epoch: int | None = None  # the epoch the launched trainer must resume at
+    resumed_from: str | None = None  # the verified checkpoint it resumes from
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def carry_out(plan: ResumePlan, verdicts: list[Verdict], store: CheckpointStore,
     if (plan.stage or Path(src.path) == latest) and src.epoch is not None:
         store.snapshot(latest, src.epoch)
     # the warm-started training (if any) has checkpoints of its own now
-    return Outcome(replace(memory, verified_epoch=src.epoch, warm_weights=None), records, expect_epoch=src.epoch)
+    return Outcome(replace(memory, verified_epoch=src.epoch, warm_weights=None), records, expect_epoch=src.epoch,
+                   resumed_from=src.path)
 
 
 def _warm_start(src: Verdict, message: str, store: CheckpointStore, memory: Memory,

@@ -103,8 +103,27 @@ def check_content(path: str, expect: dict[str, Any]) -> tuple[dict[str, Any] | N
     return ckpt, problems, epoch
 
 
-def build_network_state(net: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the state dict of the network the configured trainer builds (its own initialize())."""
+def trainer_settings(trainer: Any) -> dict[str, str]:
+    """What a resume must keep (checkpoints.settings): the built trainer's values, written as nnU-Net's debug.json
+    writes them (str()), so the two compare."""
+    from supervisor.checkpoints.settings import patch_text
+
+    out: dict[str, str] = {}
+    for name in ("num_epochs", "initial_lr", "batch_size"):
+        if hasattr(trainer, name):
+            out[name] = str(getattr(trainer, name))
+    manager = getattr(trainer, "configuration_manager", None)
+    if manager is not None and getattr(manager, "patch_size", None) is not None:
+        out["patch_size"] = patch_text(manager.patch_size)
+    plans = getattr(getattr(trainer, "plans_manager", None), "plans_name", None)
+    if isinstance(plans, str):
+        out["plans"] = plans
+    return out
+
+
+def build_network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes of the state dict of the network the configured trainer builds (its own initialize()), and the
+    trainer's resume-relevant settings."""
     import torch
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -135,7 +154,7 @@ def build_network_state(net: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         network = trainer.network
         network = getattr(network, "module", network)
         network = getattr(network, "_orig_mod", network)
-        return {k: tuple(v.shape) for k, v in network.state_dict().items()}
+        return {k: tuple(v.shape) for k, v in network.state_dict().items()}, trainer_settings(trainer)
 
 
 def network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool]:
@@ -145,13 +164,14 @@ def network_state(net: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool
     if cache is not None:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             stored = json.loads(read_bytes(cache, 16 << 20, "network-shape cache"))
-            if stored["fingerprint"] == fingerprint:
+            # a cache from before settings were kept is rebuilt once (the settings guard needs them)
+            if stored["fingerprint"] == fingerprint and isinstance(stored.get("settings"), dict):
                 return {k: tuple(v) for k, v in stored["shapes"].items()}, True
-    shapes = build_network_state(net)
+    shapes, settings = build_network_state(net)
     if cache is not None:
         with contextlib.suppress(OSError):
             atomic_write_text(cache, json.dumps({"fingerprint": fingerprint, "trainer": net["trainer"],
-                                                 "shapes": shapes}))
+                                                 "shapes": shapes, "settings": settings}))
     return shapes, False
 
 

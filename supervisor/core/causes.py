@@ -16,6 +16,7 @@ SHM_EXHAUSTED = "shm_exhausted"
 COMPILE_ERROR = "compile_error"
 CUDA_OOM = "cuda_oom"
 WORKERS_DIED = "workers_died"
+WEIGHTS_ONLY = "weights_only_load"
 
 SIGBUS = 7  # a write into a full /dev/shm mapping ends the writer with it
 
@@ -49,6 +50,7 @@ class Evidence:
     shm_free_at_exit: Union[int, None] = None
     phase: Union[str, None] = None  # training, validation or export (CUDA OOM: where it happened)
     epoch: Union[int, None] = None
+    resumed_verified: Union[str, None] = None  # the checkpoint this attempt resumed from, verified by us first
 
     def fields(self) -> dict[str, Any]:
         """For the `exit` event: what was seen, leaving out what could not be looked at."""
@@ -97,6 +99,12 @@ def find_cause(kind: str, returncode: int, ev: Evidence) -> Cause | None:
     words come first, the machine's evidence names an OOM kill the log cannot show (a SIGKILLed process prints
     nothing)."""
     seen = ev.fields()
+    if kind == "weights_only_refused" and ev.resumed_verified:
+        # only where our own safe load of that very file passed: then the file is intact and the refusal is the
+        # trainer's torch.load call, which the environment variable answers
+        return Cause(WEIGHTS_ONLY, f"torch.load(weights_only=True) in the trainer refused {ev.resumed_verified}, "
+                     "which our verification had loaded safely (weights_only with nnU-Net's known numpy globals) and "
+                     "found intact", seen)
     if kind == COMPILE_ERROR:
         return Cause(COMPILE_ERROR, "torch.compile failed (inductor/dynamo/triton)", seen)
     if kind == CUDA_OOM:

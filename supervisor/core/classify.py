@@ -46,6 +46,22 @@ RULES: tuple[_Rule, ...] = (
           "the checkpoint does not fit the network this trainer builds (strict load_state_dict failed)",
           "the trainer class or the plans changed since the checkpoint was written; restore the old trainer/plans, "
           "or start a new training from it with -pretrained_weights (loses optimizer, epoch and LR schedule)"),
+    # torch >= 2.6 loads with weights_only=True unless told otherwise, and nnU-Net's checkpoints hold numpy scalars:
+    # a trainer whose own load_checkpoint calls torch.load without weights_only=False fails every resume. Before
+    # corrupt_checkpoint (torch's words contain "UnpicklingError"): the file is usually intact.
+    _rule("weights_only_refused", False, r"Weights only load failed",
+          "torch.load refused the checkpoint under weights_only=True (torch >= 2.6's default): the trainer's own "
+          "load_checkpoint calls torch.load without weights_only=False",
+          "the checkpoint is not damaged by this (`nnunet-supervise verify` says whether it is); fix the trainer's "
+          "load_checkpoint to call torch.load(..., weights_only=False) as nnU-Net's nnUNetTrainer.load_checkpoint "
+          "does, or set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in nnunet.env"),
+    _rule("no_gpu", False,
+          r"Found no NVIDIA driver on your system|No CUDA GPUs are available|"
+          r"The NVIDIA driver on your system is too old|Torch not compiled with CUDA enabled|"
+          r"CUDA driver initialization failed",
+          "nnunet.device is cuda, but torch finds no usable NVIDIA GPU and driver on this machine",
+          "run it where an NVIDIA GPU and its driver are (nvidia-smi works), or set nnunet.device: cpu (slow) or "
+          "mps (Apple silicon); a relaunch cannot help"),
     # before workers_died: a worker that cannot put its batch into shared memory dies, and then the main process
     # says its workers are gone; the first words name the cause
     _rule("shm_exhausted", True, SHM_ERROR, "shared memory (/dev/shm) ran out"),
@@ -78,6 +94,18 @@ RULES: tuple[_Rule, ...] = (
     _rule("python_exception", True, r"^Traceback \(most recent call last\):",
           "the trainer raised a Python exception"),
 )
+
+
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)', re.MULTILINE)
+
+
+def calling_frame(traceback_text: str) -> str:
+    """The innermost traceback frame outside torch itself: the code that called torch.load ("FILE:LINE in NAME")."""
+    frames = [f for f in _FRAME.findall(traceback_text) if "/torch/" not in f[0]]
+    if not frames:
+        return ""
+    path, line, name = frames[-1]
+    return f"{name}() at {path}:{line}"
 
 
 def _signal_name(signum: int) -> str:
@@ -142,6 +170,9 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
             detail = line[:300] if rule.kind != "python_exception" and ERROR_LINE.match(line) else \
                 last_error_line(log_tail)
             summary = f"{rule.summary}: {detail}" if detail else rule.summary
+            if rule.kind == "weights_only_refused":
+                where = calling_frame(log_tail[:m.start()])
+                summary = rule.summary + (f" (the call: {where})" if where else "")
             return Classification(rule.kind, rule.retryable, summary, rule.advice)
     return Classification("exit_nonzero", True, f"exited with status {returncode}")
 

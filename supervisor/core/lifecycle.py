@@ -11,6 +11,7 @@ The lifecycle of one run, drawn once (README's copy is checked against this one 
     RUNNING ──ChildExited──▶ FINISHED (0)           finished: checkpoint_final.pth and validation/summary.json
             ──ChildExited──▶ FAILED (1)             not retryable, restart budget spent, no progress in N attempts
             ──ChildExited──▶ BACKOFF ──deadline──▶ STARTING (--c)          retryable; Prepare starts verifying now
+                after checkpoint_final.pth (the validation phase) the relaunch is --val: no epoch trained again
                 with a known cause, the remedy ladder changes one thing for the next attempt (a `remedy` event),
                 or gives up (FAILED) when the cause came back without progress and nothing is left to change
             ──StopRequested──▶ STOPPING ──ChildExited──▶ STOPPED (75)      grace over: Kill, stays STOPPING
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Union
 
-from supervisor.core.causes import Cause, find_cause
+from supervisor.core.causes import WEIGHTS_ONLY, Cause, find_cause
 from supervisor.core.classify import NOT_FAILURES, Classification, classify_exit, parse_state_dict_error
 from supervisor.core.messages import (
     Abort,
@@ -63,6 +64,12 @@ from supervisor.core.messages import (
 from supervisor.core.policy import RestartPolicy
 from supervisor.core.remedies import Change, Exhausted, Ladder, Remedies
 from supervisor.errors import ExitCode
+
+# How a relaunch resumes: --c, or after checkpoint_final.pth only the final validation (--c would re-initialise the
+# training and rewrite checkpoint_final.pth).
+RELAUNCH = {False: "--c", True: "--val (the final validation only; no epoch trained again)"}
+# Causes whose exit is not retryable as it is, but is once their remedy is in effect.
+REMEDIABLE_ONLY = frozenset({WEIGHTS_ONLY})
 
 
 class Phase(str, Enum):
@@ -134,9 +141,11 @@ class Decider:
             return self._prepared(s, ev)
         if phase is Phase.STARTING and isinstance(ev, Launched):
             # STARTING -> RUNNING
+            how = " with --val (the final validation only)" if ev.validate else " with --c" if ev.resume else ""
             return replace(s, phase=Phase.RUNNING), [
-                Record("launch", {"attempt": s.attempt, "pid": ev.pid, "argv": list(ev.argv), "resume": ev.resume}),
-                Say(f"attempt {s.attempt} started (pid {ev.pid}){' with --c' if ev.resume else ''}"),
+                Record("launch", {"attempt": s.attempt, "pid": ev.pid, "argv": list(ev.argv), "resume": ev.resume,
+                                  **({"validate": True} if ev.validate else {}), "sized": dict(ev.sized)}),
+                Say(f"attempt {s.attempt} started (pid {ev.pid}){how}"),
             ]
         if phase is Phase.STARTING and isinstance(ev, LaunchFailed):
             # STARTING -> FAILED
@@ -188,7 +197,7 @@ class Decider:
         # INIT -> STARTING
         attempt = s.attempt + 1
         return replace(s, phase=Phase.STARTING, attempt=attempt, best_epoch=ev.best_epoch), [
-            Launch(attempt, ev.resume)]
+            Launch(attempt, ev.resume, s.remedies.env)]
 
     def _prepared(self, s: LoopState, ev: Prepared) -> tuple[LoopState, list[Action]]:
         if s.abort is not None:
@@ -200,7 +209,7 @@ class Decider:
                 Say(f"{s.stop_reason} received: stopped before the launch; resume with the same command"),
                 Exit(ExitCode.STOPPED)]
         # STARTING -> STARTING: start the trainer (Launched or LaunchFailed follows at once)
-        return s, [Spawn(s.attempt, ev.resume, ev.pretrained, s.remedies.env)]
+        return s, [Spawn(s.attempt, ev.resume, ev.pretrained, s.remedies.env, ev.validate)]
 
     def _tick(self, s: LoopState, now: float) -> tuple[LoopState, list[Action]]:
         if s.deadline is None or now < s.deadline:
@@ -223,7 +232,7 @@ class Decider:
         # BACKOFF -> STARTING: every relaunch resumes with --c
         attempt = s.attempt + 1
         return replace(s, phase=Phase.STARTING, attempt=attempt, restarts=s.restarts + 1, deadline=None), [
-            Launch(attempt, True)]
+            Launch(attempt, True, s.remedies.env)]
 
     def _disk_checked(self, s: LoopState, ev: DiskChecked, now: float) -> tuple[LoopState, list[Action]]:
         if s.phase is not Phase.BACKOFF or not s.waiting_disk:
@@ -275,18 +284,19 @@ class Decider:
     def _exit_record(self, s: LoopState, ev: ChildExited, kind: str, retryable: bool,
                      summary: str, cause: Cause | None = None) -> tuple[dict[str, Any], Record]:
         fields: dict[str, Any] = {"attempt": s.attempt, "returncode": ev.returncode, "classification": kind,
-                                  "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed}
+                                  "retryable": retryable, "summary": summary, "epochs_completed": ev.epochs_completed,
+                                  "phase": ev.phase}
         if cause is not None:
             fields.update(cause=cause.name, cause_summary=cause.summary, evidence=cause.evidence)
         return fields, Record("exit", fields)
 
-    def _remedy(self, s: LoopState, cause: Cause | None, progressed: bool,
-                head: str) -> tuple[LoopState, list[Action], str | None]:
+    def _remedy(self, s: LoopState, cause: Cause | None, progressed: bool, head: str,
+                phase: str) -> tuple[LoopState, list[Action], str | None]:
         """The ladder's answer to a retryable failure: (state with the change, its record and line, a reason to give
         up instead of relaunching)."""
         if cause is None or self.ladder is None:
             return s, [], None
-        outcome = self.ladder.next(cause.name, s.remedies, s.attempt + 1, s.best_epoch, progressed)
+        outcome = self.ladder.next(cause.name, s.remedies, s.attempt + 1, s.best_epoch, progressed, phase)
         if isinstance(outcome, Exhausted):
             return s, [], f"{head}. {outcome.message}"
         if isinstance(outcome, Change):
@@ -314,7 +324,7 @@ class Decider:
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch,
                                             **({"remedies": kept} if kept else {})}),
                 *worked, Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(ExitCode.FINISHED)]
-        if not c.retryable:
+        if not c.retryable and not self._remediable(s, cause):
             before: list[Action] = [record]
             if c.kind == "incompatible_checkpoint":
                 before.append(Record("incompatible_checkpoint", dict(parse_state_dict_error(ev.log_tail))))
@@ -323,7 +333,7 @@ class Decider:
         no_progress = 0 if progressed else s.attempts_without_progress + 1
         s = replace(s, failures_in_row=failures, attempts_without_progress=no_progress)
         tried = f" (remedies so far: {s.remedies.story()})" if s.remedies.history else ""
-        s, remedied, exhausted = self._remedy(s, cause, progressed, head)
+        s, remedied, exhausted = self._remedy(s, cause, progressed, head, ev.phase)
         if exhausted is not None:
             return self._give_up(s, "remedies_exhausted", exhausted, [record])
         if no_progress >= self.policy.max_attempts_without_progress:
@@ -341,9 +351,17 @@ class Decider:
             *remedied,
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
                                "progress": progressed}),
-            Say(f"{head} (retryable); epoch {ev.epochs_completed} reached; relaunching with --c in {delay:.1f} s "
+            Say(f"{head} ({'retryable' if c.retryable else 'remediable'}); epoch {ev.epochs_completed} reached; "
+                f"relaunching with {RELAUNCH[ev.phase == 'validation']} in {delay:.1f} s "
                 f"(restart {restart}/{self.policy.max_restarts})"),
         ]
+
+    def _remediable(self, s: LoopState, cause: Cause | None) -> bool:
+        """A failure a plain relaunch cannot help that one known change can: the trainer's torch.load refusing a
+        checkpoint our verification passed. Only while the change is still to be made (then it is not retried)."""
+        if cause is None or cause.name not in REMEDIABLE_ONLY or self.ladder is None:
+            return False
+        return isinstance(self.ladder.next(cause.name, s.remedies, s.attempt + 1, s.best_epoch, False), Change)
 
     def _exited_while_stopping(self, s: LoopState, ev: ChildExited) -> tuple[LoopState, list[Action]]:
         finished = ev.returncode == 0 and ev.finished

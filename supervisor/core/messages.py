@@ -21,6 +21,7 @@ class Launch:
 
     attempt: int
     resume: bool  # checkpoints may exist: verify them and resume from the newest valid one
+    env: tuple[tuple[str, str], ...] = ()  # the remedies in effect (a smaller batch is not a changed setting)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Spawn:
     resume: bool  # --c
     pretrained: Union[str, None] = None  # -pretrained_weights (a warm start)
     env: tuple[tuple[str, str], ...] = ()  # the remedies in effect: variables set for this attempt
+    validate: bool = False  # --val: training finished (checkpoint_final.pth), only the final validation is left
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Prepared:
 
     resume: bool
     pretrained: Union[str, None] = None
+    validate: bool = False  # checkpoint_final.pth is there (and verified): --val, never --c
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class Launched:
     pid: int
     argv: tuple[str, ...]
     resume: bool
+    validate: bool = False
+    sized: tuple[tuple[str, str], ...] = ()  # the worker counts fitted to this allocation (variables set)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class ChildExited:
     finished: bool
     epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
     evidence: Evidence = field(default_factory=Evidence)  # what the machine knew (OOM kills, /dev/shm, memory, phase)
+    phase: str = "training"  # startup (no epoch began), training, validation (after checkpoint_final.pth)
 
 
 @dataclass(frozen=True)

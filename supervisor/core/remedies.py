@@ -1,7 +1,10 @@
 """The remedy ladder: after a failure with a known cause, change one thing for the next attempt, as a careful engineer
 at the machine would, and say so.
 
-    host_oom, workers_died, shm_exhausted -> nnUNet_n_proc_DA halved (from what nnU-Net would use here) to a floor
+    host_oom, workers_died, shm_exhausted -> nnUNet_n_proc_DA halved (from what nnU-Net would use here) to a floor;
+                                             in the final validation, nnUNet_def_n_proc (its export pool) halved
+    weights_only_load                     -> TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, only where our own safe load of the
+                                             very checkpoint the trainer refused had passed
     compile_error                         -> nnUNet_compile=f
     cuda_oom                              -> PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (after the old tree's
                                              GPU memory is released, as before every relaunch), then, only where
@@ -19,10 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
-from supervisor.core.causes import COMPILE_ERROR, CUDA_OOM, HOST_OOM, SHM_EXHAUSTED, WORKERS_DIED
+from supervisor.core.causes import COMPILE_ERROR, CUDA_OOM, HOST_OOM, SHM_EXHAUSTED, WEIGHTS_ONLY, WORKERS_DIED
 from supervisor.trainer.protocol import BATCH_SIZE_VAR
 
 WORKERS_VAR = "nnUNet_n_proc_DA"
+EXPORT_VAR = "nnUNet_def_n_proc"  # nnU-Net's default process count: the final validation's export pool (8)
+NNUNET_DEFAULT_EXPORT = 8  # nnunetv2/configuration.py, 2.8
+WEIGHTS_VAR = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 COMPILE_VAR = "nnUNet_compile"
 ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"
 EXPANDABLE = "expandable_segments:True"
@@ -38,13 +44,15 @@ ADVICE = {
     WORKERS_DIED: "run the trainer once by hand to see why its workers die",
     SHM_EXHAUSTED: SHM_FIX,
     COMPILE_ERROR: "the failure is not in torch.compile alone; read the attempt log's traceback",
+    WEIGHTS_ONLY: "the trainer still refuses the checkpoint: fix its load_checkpoint to call torch.load(..., "
+                  "weights_only=False), as nnU-Net's nnUNetTrainer.load_checkpoint does",
     CUDA_OOM: "the network does not fit this GPU: a GPU with more memory, fewer folds per GPU "
               "(experiment.devices.per_gpu), or plans with a smaller batch or patch (nnUNetv2_plan_experiment "
               "-gpu_memory_target)",
 }
 
 
-REMEDY_VARS = (WORKERS_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR)
+REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR)
 
 
 def nnunet_default_workers(hostname: str, cpu_count: int) -> int:
@@ -88,6 +96,8 @@ class RemedyOptions:
     batch_size: bool = False  # opt-in: a smaller batch changes the training
     min_batch_size: int = 2
     override_user: bool = False
+    weights_only: bool = True  # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for a trainer whose torch.load refuses our
+    # verified checkpoint
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ class Setting:
     user_source: Mapping[str, str]  # name -> where it was set ("nnunet.env", "the supervisor's environment")
     cooperative: bool = False
     batch_size: Union[int, None] = None  # the plans' batch size of this configuration
+    default_export: int = NNUNET_DEFAULT_EXPORT  # the final validation's export processes without a remedy
 
 
 @dataclass(frozen=True)
@@ -197,14 +208,25 @@ class Ladder:
     def __init__(self, options: RemedyOptions, setting: Setting) -> None:
         self.options, self.setting = options, setting
 
-    def next(self, cause: str, remedies: Remedies, attempt: int, epoch: int, progressed: bool) -> Outcome:
-        """`attempt`: the one about to start; `progressed`: the failed attempt got further than any before it."""
+    def next(self, cause: str, remedies: Remedies, attempt: int, epoch: int, progressed: bool,
+             phase: str = "training") -> Outcome:
+        """`attempt`: the one about to start; `progressed`: the failed attempt got further than any before it;
+        `phase`: where it failed (in the final validation the augmentation workers are gone: nnU-Net's export pool
+        is what holds memory there)."""
         o = self.options
         if not o.enabled:
             return Keep("remedies are off (remedies.enabled: false)")
-        if cause in WORKER_CAUSES:
-            step = self._workers(cause, remedies, attempt, epoch) if o.workers else \
+        if cause in WORKER_CAUSES and phase == "validation":
+            step = self._halve(cause, EXPORT_VAR, self.setting.default_export, 1, remedies, attempt, epoch,
+                               "export process(es) in the final validation") if o.workers else \
+                Keep("fewer processes is off (remedies.workers: false)")
+        elif cause in WORKER_CAUSES:
+            step = self._halve(cause, WORKERS_VAR, self.setting.default_workers, o.min_workers, remedies, attempt,
+                               epoch, "augmentation worker(s)") if o.workers else \
                 Keep("fewer augmentation workers is off (remedies.workers: false)")
+        elif cause == WEIGHTS_ONLY:
+            step = self._set(cause, WEIGHTS_VAR, "1", remedies, attempt, epoch, "remedies.weights_only") \
+                if o.weights_only else Keep("the weights-only remedy is off (remedies.weights_only: false)")
         elif cause == COMPILE_ERROR:
             step = self._set(cause, COMPILE_VAR, "f", remedies, attempt, epoch, "remedies.compile") if o.compile else \
                 Keep("turning torch.compile off is off (remedies.compile: false)")
@@ -232,25 +254,28 @@ class Ladder:
         return Keep(f"{variable}={value} is your setting ({where}); the supervisor leaves it (would set {wanted}; "
                     "remedies.override_user: true allows it)")
 
-    def _workers(self, cause: str, remedies: Remedies, attempt: int, epoch: int) -> Outcome:
-        o = self.options
-        user = self._user(WORKERS_VAR, remedies)
-        now = remedies.value(WORKERS_VAR) or user
+    def _halve(self, cause: str, variable: str, default: int, floor: int, remedies: Remedies, attempt: int,
+               epoch: int, what: str) -> Outcome:
+        """Half the processes of one of nnU-Net's pools, from what it uses now (a remedy's value, the user's, or the
+        count it would use here by itself), never below `floor`."""
+        user = self._user(variable, remedies)
+        now = remedies.value(variable) or user
         current = _as_int(now)
         if current is None:
-            current = self.setting.default_workers
-        if current <= o.min_workers:
-            return Keep(f"{WORKERS_VAR} is {current} already (remedies.min_workers: {o.min_workers})")
-        new = max(o.min_workers, current // 2)
-        if user is not None and not o.override_user:
-            return self._refuse_user(WORKERS_VAR, user, str(new))
+            current = default
+        if current <= floor:
+            key = "remedies.min_workers" if variable == WORKERS_VAR else "nnU-Net's export pool needs one"
+            return Keep(f"{variable} is {current} already ({key}: {floor})")
+        new = max(floor, current // 2)
+        if user is not None and not self.options.override_user:
+            return self._refuse_user(variable, user, str(new))
         how = ("0: augmentation in the main process, no workers and no shared memory (slow)" if new == 0
-               else f"{new} augmentation worker(s) instead of {current}")
-        why = {HOST_OOM: "fewer processes holding batches in memory",
+               else f"{new} {what} instead of {current}")
+        why = {HOST_OOM: "fewer processes holding data in memory",
                SHM_EXHAUSTED: "fewer batches in shared memory at once; the lasting fix: " + SHM_FIX,
                WORKERS_DIED: "fewer processes to die"}[cause]
-        applied = Applied(cause, WORKERS_VAR, now, str(new), attempt, epoch)
-        return Change(applied, f"{WORKERS_VAR}={how} ({why})")
+        applied = Applied(cause, variable, now, str(new), attempt, epoch)
+        return Change(applied, f"{variable}={how} ({why})")
 
     def _set(self, cause: str, variable: str, value: str, remedies: Remedies, attempt: int, epoch: int,
              key: str) -> Outcome:

@@ -24,6 +24,15 @@ def alarm_event(kind: str, message: str, fields: Mapping[str, Any] | None = None
     return Recycle(kind, message, dict(fields or {}))
 
 
+def attempt_phase(watched: str, final_checkpoint: bool) -> str:
+    """Where an attempt ended: `validation` once checkpoint_final.pth exists (nnU-Net writes it right before the
+    final validation, and then the relaunch is --val), else `training` once an epoch began, else `startup`. The
+    log's "Training done." alone is not enough: the final checkpoint's save may be what failed."""
+    if final_checkpoint:
+        return "validation"
+    return "training" if watched in ("training", "validation") else "startup"
+
+
 def resume_check(attempt: int, expect_epoch: int | None, saw_no_checkpoint: bool,
                  first_epochs: Sequence[int]) -> tuple[bool, Abort | None]:
     """Did a --c launch resume where the verified checkpoint said? Returns (settled, abort).

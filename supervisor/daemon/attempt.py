@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.core.classify import SHM_ERROR
-from supervisor.core.stall import RECENT_EPOCHS, StallRules, StallWatch
+from supervisor.core.stall import RECENT_EPOCHS, AttemptPhase, StallRules, StallWatch
 from supervisor.daemon.traininglog import LogFollower, LogProgress, read_tail
 from supervisor.fileread import read_bytes
 from supervisor.layout import CHECKPOINT_NAMES, RunLayout
@@ -41,11 +41,11 @@ class AttemptWatch:
 
     def __init__(self, layout: RunLayout, attempt: int, logs_before: set[Path], rules: StallRules,
                  launched_at: float, epoch_times: list[float], linger_grace_s: float, nan_loss_epochs: int,
-                 heartbeat: Path | None = None) -> None:
+                 heartbeat: Path | None = None, phase: AttemptPhase = "startup") -> None:
         self.layout, self.attempt, self._logs_before = layout, attempt, logs_before
         self.heartbeat = heartbeat  # cooperative mode: the trainer's heartbeat file
         self._beat = _stamp(heartbeat) if heartbeat else None  # an earlier attempt's last beat is not news
-        self.stall = StallWatch(rules, launched_at, list(epoch_times))
+        self.stall = StallWatch(rules, launched_at, list(epoch_times), phase=phase)
         self.linger_grace_s, self.nan_loss_epochs = linger_grace_s, nan_loss_epochs
         self.followers: dict[Path, LogFollower] = {}
         self._epoch: int | None = None

@@ -10,19 +10,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from supervisor.checkpoints import prepare
+from supervisor.checkpoints import settings as resume_settings
 from supervisor.checkpoints.ahead import AheadVerifier
+from supervisor.checkpoints.fingerprint import network_fingerprint
 from supervisor.checkpoints.plan import ResumePlan
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.checkpoints.verdict import Verdict
 from supervisor.checkpoints.verify import VerdictCache, expectations, network_request
 from supervisor.command import helper_env
 from supervisor.context import RunContext
-from supervisor.core.messages import Event, LaunchFailed, Prepared
+from supervisor.core.messages import Event, LaunchFailed, Prepared, Record
+from supervisor.trainer.protocol import BATCH_SIZE_VAR
 
 log = logging.getLogger("nnunet_supervise")
 
@@ -47,6 +50,7 @@ class Launcher:
         self.ahead = AheadVerifier(self._verify_ahead)
         self.memory = prepare.Memory()
         self.expect_epoch: int | None = None  # the epoch the prepared attempt must resume at
+        self.resumed_from: str | None = None  # the verified checkpoint it resumes from
         self.verified_ahead: list[dict[str, Any]] = []  # the newest ahead verdicts, for state.json
         self._verifying: tuple[threading.Thread, list[tuple[list[Verdict], ResumePlan]]] | None = None
 
@@ -93,9 +97,10 @@ class Launcher:
         thread.start()
         self._verifying = (thread, box)
 
-    def work(self, resume: bool, gpu_wait: Callable[[], object]) -> Callable[[], tuple[prepare.Outcome, Event]]:
-        """What the launch job runs: the resume plan carried out, the GPU's memory awaited; Prepared or
-        LaunchFailed."""
+    def work(self, resume: bool, gpu_wait: Callable[[], object],
+             remedies: tuple[tuple[str, str], ...] = ()) -> Callable[[], tuple[prepare.Outcome, Event]]:
+        """What the launch job runs: the resume plan carried out, the training setup compared with the checkpoint's,
+        the GPU's memory awaited; Prepared or LaunchFailed."""
         memory = self.memory
         check = bool(resume or self.store.candidates())
 
@@ -107,15 +112,86 @@ class Launcher:
                 if outcome.failure is not None:
                     kind, message = outcome.failure
                     return outcome, LaunchFailed(message, kind, outcome.failure_record)
+            # training finished (checkpoint_final.pth, verified above): only its final validation is left
+            validate = outcome.pretrained is None and self.ctx.layout.checkpoint("checkpoint_final.pth").is_file()
+            if not validate:
+                stopped = self._guard_settings(outcome, dict(remedies))
+                if isinstance(stopped, LaunchFailed):
+                    return outcome, stopped
+                if stopped is not None:
+                    outcome = replace(outcome, records=[*outcome.records, stopped])
             gpu_wait()
             # every relaunch uses --c (on an emptied folder nnU-Net then starts over, which the plan allowed)
-            return outcome, Prepared(resume and outcome.pretrained is None, outcome.pretrained)
+            return outcome, Prepared(resume and outcome.pretrained is None, outcome.pretrained, validate)
 
         return run
+
+    def _guard_settings(self, outcome: prepare.Outcome, remedies: dict[str, str]) -> LaunchFailed | Record | None:
+        """Before a --c: the trainer's settings and the fold's split as the checkpoint was trained with, against now.
+        A change stops the launch (checkpoint.on_changed_settings: stop) or is recorded and allowed (continue).
+        Every launch that trains records what it trains with (supervisor/settings.json)."""
+        layout, nn = self.ctx.layout, self.ctx.config.nnunet
+        current = self._current_settings()
+        if BATCH_SIZE_VAR in remedies:  # the opted-in smaller batch is a remedy of ours, not a changed setting
+            current["batch_size"] = remedies[BATCH_SIZE_VAR]
+        split = resume_settings.split_identity(self.ctx.paths.preprocessed / self.ctx.dataset_name
+                                               / "splits_final.json", nn.fold)
+        if split is not None:
+            current["split"] = split
+        record_file = layout.supervisor_dir / "settings.json"
+        said: Record | None = None
+        if outcome.resumed_from is not None:
+            recorded = {**resume_settings.read_record(record_file),
+                        **resume_settings.from_debug(layout.fold_dir / "debug.json")}
+            changes = resume_settings.compare(recorded, current)
+            if changes:
+                what = resume_settings.describe(changes)
+                fields = {"changes": changes, "checkpoint": outcome.resumed_from}
+                if self.ctx.config.checkpoint.on_changed_settings == "stop":
+                    message = (f"the training setup changed since {Path(outcome.resumed_from).name} was trained "
+                               f"({what}): --c would go on under the new settings ({self._consequence(changes)}); "
+                               f"not launching. {resume_settings.ADVICE}")
+                    return LaunchFailed(message, "settings_changed",
+                                        Record("settings_changed", {**fields, "advice": resume_settings.ADVICE}))
+                log.warning("the training setup changed since the checkpoint (%s); going on as "
+                            "checkpoint.on_changed_settings: continue says", what)
+                said = Record("settings_changed", {**fields, "continued": True})
+        if current:
+            try:
+                resume_settings.write_record(record_file, current)
+            except OSError as exc:
+                log.warning("could not record the training settings in %s: %s", record_file, exc)
+        return said
+
+    @staticmethod
+    def _consequence(changes: list[dict[str, Any]]) -> str:
+        names = {c["name"] for c in changes}
+        out = []
+        if names & {"num_epochs", "initial_lr"}:
+            out.append("nnU-Net's PolyLR learning rate jumps to the new schedule at the saved epoch")
+        if "split" in names:
+            out.append("cases change sides between training and validation, so the validation is no longer held out")
+        if names & {"batch_size", "patch_size", "plans"}:
+            out.append("it is another training from here on")
+        return "; ".join(out)
+
+    def _current_settings(self) -> dict[str, str]:
+        """What the configured trainer sets now: kept by the checkpoint probe beside the network's shapes, for the
+        fingerprint of the plans and trainer code of now ({} where no probe built it)."""
+        net = self.checker.network
+        cache = net.get("cache") if net else None
+        if not net or not cache:
+            return {}
+        try:
+            fingerprint = network_fingerprint(dict(net), self.checker.env.get("nnUNet_extTrainer", ""))
+        except (OSError, ValueError, KeyError):
+            return {}
+        return resume_settings.built_settings(Path(cache), fingerprint)
 
     def applied(self, outcome: prepare.Outcome) -> None:
         """On the main thread, once the launch job answered."""
         self.memory, self.expect_epoch = outcome.memory, outcome.expect_epoch
+        self.resumed_from = outcome.resumed_from
 
     def _take_verified(self) -> tuple[list[Verdict], ResumePlan]:
         verifying, self._verifying = self._verifying, None

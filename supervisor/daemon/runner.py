@@ -49,7 +49,7 @@ from supervisor.daemon.launching import Launcher, VerifiedAhead
 from supervisor.daemon.power import read_battery
 from supervisor.daemon.process import ProcessOps, Spawner, Trainer
 from supervisor.daemon.publish import Facts, Publisher
-from supervisor.daemon.remedying import ladder_for
+from supervisor.daemon.remedying import fitted_env, ladder_for
 from supervisor.daemon.sensors import Sensors
 from supervisor.deploy import slurm
 from supervisor.deploy.sdnotify import Notifier
@@ -76,15 +76,19 @@ class Runner:
                  spawn: Spawner | None = None, ops: ProcessOps | None = None, tick_s: float = 2.0,
                  leftover_grace_s: float = 10.0, battery: Callable[[], BatteryReading | None] = read_battery,
                  notifier: Notifier | None = None,
-                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_status: Callable[[dict[str, Any]], None] | None = None,
+                 sized: dict[str, str] | None = None) -> None:
         self.ctx, self.layout, self.clock, self.wall = ctx, ctx.layout, clock, wall
+        # nnU-Net's process counts fitted to what this process is given (affinity, cgroup, SLURM), once: the
+        # allocation does not change under a running supervisor
+        self.sized = fitted_env(ctx) if sized is None else sized
         self.ops = ops or ProcessOps(spawn, log_cap=ctx.config.process.attempt_log_max_bytes)
         self.tick_s, self.leftover_grace_s = tick_s, leftover_grace_s
         cfg = ctx.config
         r = cfg.restart
         self.decider = Decider(RestartPolicy(r.max_restarts, r.backoff_initial_s, r.backoff_max_s,
                                              r.max_attempts_without_progress), cfg.process.stop_grace_s, rand,
-                               disk_check_s=r.disk_check_s, ladder=ladder_for(ctx))
+                               disk_check_s=r.disk_check_s, ladder=ladder_for(ctx, sized=self.sized))
         self.queue = Inbox()
         self.jobs = Jobs(self.queue.put)
         self.events = EventLog(self.layout.events_file, wall)  # written only by _record
@@ -248,7 +252,8 @@ class Runner:
             log.info("%s", action.message)
         elif isinstance(action, Launch):
             old_tree, self._old_tree = self._old_tree, set()
-            self.jobs.start("launch", self.launcher.work(action.resume, lambda: self._wait_gpu_memory(old_tree)))
+            self.jobs.start("launch", self.launcher.work(action.resume, lambda: self._wait_gpu_memory(old_tree),
+                                                         action.env))
         elif isinstance(action, Spawn):
             return self._spawn(action)
         elif isinstance(action, Prepare):
@@ -303,22 +308,28 @@ class Runner:
         logs_before = set(self.layout.training_logs())
         log_path = self.layout.attempt_log(action.attempt)
         try:
-            argv = build_argv(self.ctx, trainer_command(self.ctx), action.resume, action.pretrained)
+            argv = build_argv(self.ctx, trainer_command(self.ctx), action.resume, action.pretrained, action.validate)
             env = build_env(self.ctx, action.attempt)
+            sized = self.sized
+            env.update(sized)  # fitted to this allocation, never over a variable the user set
             env.update(action.env)  # the remedies in effect (the Decider chose them; user settings were respected)
             with open(log_path, "a") as f:
                 f.write(f"# nnunet-supervise attempt {action.attempt}: {' '.join(argv)}\n")
+                for var, value in sized.items():
+                    f.write(f"# nnunet-supervise sized to the allocation: {var}={value}\n")
                 for var, value in action.env:
                     f.write(f"# nnunet-supervise remedy in effect: {var}={value}\n")
             proc = self.ops.spawn(argv, env, log_path, self.layout.fold_dir)
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))
         self.proc = proc
+        resumed = action.resume and not action.validate
         self.sensors.launched(action.attempt, logs_before, self.clock(),
-                              self.launcher.expect_epoch if action.resume else None, proc.pid)
+                              self.launcher.expect_epoch if resumed else None, proc.pid, validate=action.validate,
+                              resumed_from=self.launcher.resumed_from if action.resume else None)
         threading.Thread(target=self._wait_for, args=(proc,), name=f"wait-attempt-{action.attempt}",
                          daemon=True).start()
-        return Launched(proc.pid, tuple(argv), action.resume)
+        return Launched(proc.pid, tuple(argv), action.resume, action.validate, tuple(sorted(sized.items())))
 
     def _wait_for(self, proc: Trainer) -> None:
         """The waiter thread: the trainer's exit, then its leftover workers stopped (they can take seconds)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from supervisor.context import RunContext
 from supervisor.core.causes import Evidence
 from supervisor.core.messages import Begin, ChildExited, DiskChecked, Event, Record
 from supervisor.core.power import BatteryReading, BatteryWatch, power_outcome
-from supervisor.core.rules import DiskWatch, Every, alarm_event, resume_check
+from supervisor.core.rules import DiskWatch, Every, alarm_event, attempt_phase, resume_check
 from supervisor.core.stall import StallRules
 from supervisor.daemon.attempt import AttemptWatch
 from supervisor.daemon.process import ProcessOps
@@ -69,6 +69,7 @@ class Sensors:
         self._expect_epoch: int | None = None
         self._resume_settled = True
         self._num_epochs: int | None = None
+        self._resumed_from: str | None = None
 
     def carry_epoch_times(self, times: object) -> None:
         """What the previous supervisor learned about this run's pace (state.json's epoch_times; what is not a
@@ -87,15 +88,19 @@ class Sensors:
                      best_epoch=epoch)
 
     def launched(self, attempt: int, logs_before: set[Path], now: float, expect_epoch: int | None,
-                 pid: int | None = None) -> None:
-        """A trainer started: watch what it writes from now on (and, given its pid, its memory and the OOM killer)."""
+                 pid: int | None = None, validate: bool = False, resumed_from: str | None = None) -> None:
+        """A trainer started: watch what it writes from now on (and, given its pid, its memory and the OOM killer).
+        validate: a --val launch, in its final validation from the start; resumed_from: the verified checkpoint
+        it loads."""
         hb = self.ctx.config.heartbeat
         self.evidence = AttemptEvidence.start(pid, self.probes) if pid is not None else None
+        self._resumed_from = resumed_from
         self.attempt, self.running = attempt, True
         self._expect_epoch, self._resume_settled = expect_epoch, expect_epoch is None
         self.watch = AttemptWatch(self.layout, attempt, logs_before, self.rules, now, self._epoch_times,
                                   hb.linger_grace_s, hb.nan_loss_epochs,
-                                  self.layout.heartbeat_file if self.ctx.config.cooperative.enabled else None)
+                                  self.layout.heartbeat_file if self.ctx.config.cooperative.enabled else None,
+                                  phase="validation" if validate else "startup")
 
     def main_exited(self) -> None:
         """The trainer's main process is gone (its tree is being stopped): no more alarms about it."""
@@ -109,10 +114,12 @@ class Sensors:
         meta = resume_point(self.layout.existing_checkpoints())
         epochs = max(self._attempt_epochs(), (meta.current_epoch or 0) if meta else 0)
         tail = read_tail(self.layout.attempt_log(self.attempt))
-        evidence = self.evidence.finish(self.watch.stall.phase if self.watch else None, self.epoch_now) \
-            if self.evidence is not None else Evidence()
+        phase = attempt_phase(self.watch.stall.phase if self.watch else "startup",
+                              self.layout.checkpoint("checkpoint_final.pth").is_file())
+        evidence = self.evidence.finish(phase, self.epoch_now) if self.evidence is not None else Evidence()
+        evidence = replace(evidence, resumed_verified=self._resumed_from)
         self.evidence = None
-        return ChildExited(returncode, tail, self.layout.is_finished(), epochs, evidence)
+        return ChildExited(returncode, tail, self.layout.is_finished(), epochs, evidence, phase)
 
     # ---- while it runs ----
 

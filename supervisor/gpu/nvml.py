@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,3 +235,24 @@ def _safe(fn: Callable[[object], str], handle: object, default: str) -> str:
         return default
 
 
+
+
+def cuda_problem(visible: str | None, nvml_factory: Callable[[], Nvml] = RealNvml) -> str | None:
+    """Why `device: cuda` cannot train here, in words, or None: no NVIDIA driver (NVML does not load or has no
+    GPU), or CUDA_VISIBLE_DEVICES hides every GPU. torch says the same only once the trainer started ("Found no
+    NVIDIA driver on your system"), after minutes of imports and a retry loop."""
+    if visible is not None and not visible.strip():
+        return "CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU from the trainer"
+    try:
+        nvml = nvml_factory()
+        nvml.init()
+        try:
+            count = nvml.device_count()
+        finally:
+            with contextlib.suppress(NvmlError):
+                nvml.shutdown()
+    except NvmlError as exc:
+        return f"no NVIDIA driver could be loaded on this machine (NVML: {exc})"
+    if count == 0:
+        return "the NVIDIA driver sees no GPU on this machine"
+    return None

@@ -394,7 +394,8 @@ def test_network_shapes_are_cached_until_trainer_code_or_plans_change(tmp_path: 
     (tmp_path / "dataset.json").write_text('{"labels": {}}')
     monkeypatch.setenv("nnUNet_extTrainer", str(trainers))
     builds: list[int] = []
-    monkeypatch.setattr(ckpt_probe, "build_network_state", lambda net: builds.append(1) or {"w": (len(builds), 2)})
+    monkeypatch.setattr(ckpt_probe, "build_network_state",
+                        lambda net: builds.append(1) or ({"w": (len(builds), 2)}, {}))
     net = {"trainer": "MyTrainer", "configuration": "3d_fullres", "fold": 0, "plans_file": str(tmp_path / "plans.json"),
            "dataset_json": str(tmp_path / "dataset.json"), "cache": str(tmp_path / "shapes.json")}
 

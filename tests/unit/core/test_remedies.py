@@ -211,7 +211,7 @@ def test_the_decider_records_the_cause_changes_one_thing_and_spawns_with_it() ->
     assert {k: remedy[k] for k in ("cause", "variable", "from", "to", "attempt")} == {
         "cause": "host_oom", "variable": WORKERS_VAR, "from": None, "to": "1", "attempt": 2}
     s, relaunch = d.step(s, Tick(), 1000.0)
-    assert relaunch == [Launch(2, True)]
+    assert relaunch == [Launch(2, True, ((WORKERS_VAR, "1"),))]  # the preparation knows a remedy is in effect
     s, spawn = run_attempt(d, s, 1000.0)
     assert spawn == [Spawn(2, True, None, ((WORKERS_VAR, "1"),))]
     s, done = d.step(s, ChildExited(0, "", True, 5), 2000.0)

@@ -134,3 +134,15 @@ def test_the_users_worker_count_is_left_alone_and_the_log_says_so(tmp_path: Path
     code, ops, evs = run(tmp_path, plan, nnunet_env={"nnUNet_n_proc_DA": "2"})
     assert code == 0 and not [e for e in evs if e["event"] == "remedy"]
     assert ops.envs[1]["nnUNet_n_proc_DA"] == "2"
+
+
+def test_the_fitted_counts_reach_the_trainer_the_launch_event_and_the_log_header(tmp_path: Path) -> None:
+    plan = [{"epochs": [0, 1], "outcome": "crash"}, {"epochs": [1, 2], "outcome": "finish"}]
+    ctx = make_ctx(tmp_path, plan, remedies={"fit_allocation": True})
+    ops = FakeOps(plan)
+    sized = {"nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
+    assert Runner(ctx, ops=ops, clock=FakeClock(), tick_s=0.01, leftover_grace_s=0.0, sized=sized).run() == 0
+    launches = [e for e in read_events(ctx.layout.events_file) if e["event"] == "launch"]
+    assert [e["sized"] for e in launches] == [sized, sized]
+    assert all(env["nnUNet_def_n_proc"] == "1" and env["OMP_NUM_THREADS"] == "1" for env in ops.envs)
+    assert "# nnunet-supervise sized to the allocation: OMP_NUM_THREADS=1" in ctx.layout.attempt_log(1).read_text()
