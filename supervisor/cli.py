@@ -298,7 +298,8 @@ def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) ->
 
 @main.command()
 @CONFIG_ARG
-def check(config: Path) -> None:
+@click.option("--deep", is_flag=True, help="Also decompress every preprocessed training case (seconds per GB).")
+def check(config: Path, deep: bool) -> None:
     """Validate the config and pre-flight the run without launching (0 ok, 2 problems)."""
     from supervisor.preflight import full_check
 
@@ -307,10 +308,10 @@ def check(config: Path) -> None:
         from supervisor.experiment.context import ExperimentContext
 
         exp = _experiment_command(ExperimentContext.load, config)
-        report, where = checks(exp, deep=True), exp.config_path
+        report, where = checks(exp, deep=True, data_deep=deep), exp.config_path
     else:
         ctx = _load(config)
-        report, where = full_check(ctx), ctx.config_path
+        report, where = full_check(ctx, deep), ctx.config_path
     for note in report.notes:
         click.echo(f"ok    {note}")
     for warning in report.warnings:

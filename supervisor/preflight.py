@@ -18,16 +18,16 @@ from supervisor.checkpoints.space import room_for
 from supervisor.command import helper_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.core.remedies import SHM_FIX, WORKERS_VAR, nnunet_default_workers, user_settings
+from supervisor.core.sizing import MAIN_PROCESS_BYTES, worker_bytes
 from supervisor.errors import LaunchError
 from supervisor.evidence.memory import memory_cgroup
 from supervisor.evidence.shm import shm_space
 from supervisor.gpu.nvml import cuda_problem
 from supervisor.oomscore import SUPERVISOR_SCORE, may_lower
+from supervisor.preprocessed.verify import verify_preprocessed
 from supervisor.rundir.lock import RunLock
+from supervisor.sizing import batch_bytes, sizing_for
 from supervisor.trainer.lookup import find_trainer
-
-MAIN_PROCESS_BYTES = 3 << 30  # torch, nnU-Net, the network and its optimizer on CPU, the data loaders' queues
-WORKER_BASE_BYTES = 300 << 20  # a worker's own pages after fork: its batch generator's state, numpy buffers
 
 
 def available_memory() -> int | None:
@@ -140,14 +140,6 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
         _check_memory(ctx, plans, dataset_json, report)
 
 
-def batch_bytes(config: dict[str, Any], channels: int) -> int:
-    """One augmented training batch as the workers hand it over: float32 images plus the segmentation targets at
-    every deep-supervision scale (about 1.15 x one int16 target)."""
-    patch = math.prod(int(x) for x in config.get("patch_size", [1]))
-    batch = int(config.get("batch_size", 2))
-    return int(batch * patch * (4 * channels + 2 * 1.15))
-
-
 def workers_here(ctx: RunContext) -> tuple[int, str]:
     """nnU-Net's augmentation worker count for this run, and where it comes from."""
     values, sources = user_settings(ctx.config.nnunet.env, os.environ)
@@ -156,6 +148,10 @@ def workers_here(ctx: RunContext) -> tuple[int, str]:
             return int(values[WORKERS_VAR]), f"{WORKERS_VAR} from {sources[WORKERS_VAR]}"
         except ValueError:
             pass
+    if ctx.config.remedies.fit_allocation:
+        fitted = sizing_for(ctx).env.get(WORKERS_VAR)
+        if fitted is not None:
+            return int(fitted), "fitted to this allocation"
     return nnunet_default_workers(socket.gethostname(), os.cpu_count() or 1), "nnU-Net's default here"
 
 
@@ -186,7 +182,7 @@ def _check_memory(ctx: RunContext, plans: dict[str, Any], dataset_json: dict[str
                                 f"flight ({workers} workers, {where}; an estimate)" if space else "no /dev/shm here")
     # RAM: the main process (torch, the network, pinned batches) and each worker (its imports are shared after fork;
     # a case being cropped and augmented is several batches' worth)
-    need_ram = MAIN_PROCESS_BYTES + workers * (WORKER_BASE_BYTES + 10 * one)
+    need_ram = MAIN_PROCESS_BYTES + workers * worker_bytes(one)
     available = available_memory()
     if available is not None and available < need_ram:
         report.warnings.append(
@@ -265,10 +261,35 @@ def stall_allowances(ctx: RunContext) -> str:
             f"{hb.validation_grace_s:g} s (cases started or exported count, not other output)")
 
 
-def full_check(ctx: RunContext) -> Report:
-    """Everything `nnunet-supervise check` reports, including the trainer lookup subprocess."""
+def check_preprocessed(ctx: RunContext, report: Report, deep: bool = False) -> None:
+    """Every training case of the configuration whole (headers, sizes, properties), and with `deep` decompressed:
+    a case cut short by a killed preprocessing otherwise crashes the training days later at a random batch."""
+    nn = ctx.config.nnunet
+    pre = ctx.paths.preprocessed / ctx.dataset_name
+    plans = _load_json(pre / f"{nn.plans}.json", Report(), "plans")  # its problems are cheap_checks' to say
+    if not isinstance(plans, dict):
+        return
+    found = verify_preprocessed(pre, plans, nn.configuration, deep=deep, env=helper_env(ctx))
+    if found.missing_folder:
+        return  # cheap_checks says so
+    if found.unchecked:
+        report.notes.append(f"preprocessed data in {found.folder}: {found.unchecked}; not checked")
+        return
+    fix = (f"Run `nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration} -plans_name {nn.plans}` again (it "
+           "deletes this configuration's folder and writes every case anew)")
+    report.problems += found.lines(fix)
+    if not found.problems:
+        how = "decompressed" if deep else "headers, sizes and properties; `check --deep` decompresses them"
+        report.notes.append(f"preprocessed data: {found.cases_checked} training case(s) of {nn.configuration} "
+                            f"whole ({how})")
+
+
+def full_check(ctx: RunContext, deep: bool = False) -> Report:
+    """Everything `nnunet-supervise check` reports, including the trainer lookup subprocess; `deep`: decompress
+    every preprocessed case too."""
     report = Report()
     cheap_checks(ctx, report)
+    check_preprocessed(ctx, report, deep)
     nn = ctx.config.nnunet
     found = find_trainer(nn.trainer, helper_env(ctx))
     if found.get("found"):
@@ -278,6 +299,10 @@ def full_check(ctx: RunContext) -> Report:
             if ctx.trainer_paths else ""
         report.problems.append(f"nnunet.trainer: {nn.trainer} cannot be loaded{where}: {found.get('error')}")
     report.notes.append(stall_allowances(ctx))
+    if ctx.config.remedies.fit_allocation:
+        sizing = sizing_for(ctx)
+        report.notes += [f"sizing: {line}" for line in sizing.notes]
+        report.warnings += [f"sizing: {line}" for line in sizing.warnings]
     report.notes.append(oom_protection_note())
     m = ctx.config.metrics
     if m.port is not None:

@@ -19,6 +19,8 @@ from supervisor.core.remedies import EXPORT_VAR, NNUNET_DEFAULT_EXPORT, WORKERS_
 
 OMP_VAR = "OMP_NUM_THREADS"
 SIZED_VARS = (WORKERS_VAR, EXPORT_VAR, OMP_VAR)
+DEFAULT_WORDS = {WORKERS_VAR: "nnU-Net's augmentation workers here", EXPORT_VAR: "nnU-Net's export processes",
+                 OMP_VAR: "torch's threads (every host CPU)"}
 
 MAIN_PROCESS_BYTES = 3 << 30  # torch, nnU-Net, the network and its optimizer on CPU, the data loaders' queues
 WORKER_BASE_BYTES = 300 << 20  # an augmentation worker's own pages after fork: its generator's state, numpy buffers
@@ -99,7 +101,7 @@ def fit(*, host_cpus: int, cpus: float, cpu_source: str, memory_bytes: int | Non
                          f"{value}: {reason})")
             continue
         env[var] = str(value)
-        notes.append(f"{var}={value} instead of nnU-Net's {own} ({reason})")
+        notes.append(f"{var}={value} instead of {own}, {DEFAULT_WORDS[var]} ({reason})")
     if not env and not notes:
         notes.append(f"nnU-Net's own process counts fit this allocation ({cpu_source}; memory: {memory_source})")
     return Sizing(env, notes, warnings)

@@ -16,10 +16,17 @@ from supervisor.experiment.context import ExperimentContext
 from supervisor.experiment.devices import pool
 from supervisor.experiment.slurmchain import Options
 from supervisor.oomscore import protect_self
-from supervisor.preflight import Report, cheap_checks, full_check, oom_protection_note, port_in_use
+from supervisor.preflight import (
+    Report,
+    cheap_checks,
+    check_preprocessed,
+    full_check,
+    oom_protection_note,
+    port_in_use,
+)
 
 
-def checks(exp: ExperimentContext, deep: bool) -> Report:
+def checks(exp: ExperimentContext, deep: bool, data_deep: bool = False) -> Report:
     """What `check` says (deep: also the trainer lookup subprocess); `run` uses the cheap part."""
     report = Report()
     report.notes.append(f"experiment: {len(exp.configurations)} configuration(s) x "
@@ -38,9 +45,11 @@ def checks(exp: ExperimentContext, deep: bool) -> Report:
         ctx = exp.run(next(c for c in exp.cells if c.configuration == configuration))
         sub = Report()
         if deep and i == 0:
-            sub = full_check(ctx)  # the trainer lookup (a subprocess) once: every cell uses the same trainer
+            sub = full_check(ctx, data_deep)  # the trainer lookup (a subprocess) once: every cell uses the same one
         else:
             cheap_checks(ctx, sub)
+            if deep:
+                check_preprocessed(ctx, sub, data_deep)
         report.problems += [f"{configuration}: {p}" for p in sub.problems]
         report.notes += [f"{configuration}: {n}" for n in sub.notes]
         report.warnings += [f"{configuration}: {w}" for w in sub.warnings]

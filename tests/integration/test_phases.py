@@ -108,3 +108,25 @@ def test_num_epochs_changed_under_c_stops_before_launching_unless_the_user_means
             sup.kill()
     continued = [e for e in events_of(ctx) if e["event"] == "settings_changed"][-1]
     assert continued["continued"] is True and continued["changes"][0]["to"] == "15"
+
+
+def test_check_names_a_truncated_preprocessed_case_of_the_real_dataset(tiny_dataset: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    import shutil
+
+    from supervisor.demo.runyaml import write_demo_config
+
+    raw, pre = tiny_dataset
+    copy = tmp_path / "pre"
+    shutil.copytree(pre, copy)
+    case = copy / "Dataset901_Tiny" / "nnUNetPlans_3d_fullres" / "tiny_003.b2nd"
+    size = case.stat().st_size
+    with open(case, "r+b") as f:
+        f.truncate(size - 1000)  # what a preprocessing killed mid-write leaves
+    config = write_demo_config(tmp_path / "run.yaml", raw, copy, tmp_path / "results")
+    done = subprocess.run([sys.executable, "-m", "supervisor", "check", str(config)], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stdout
+    fail = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fail) == 1 and "preprocessed case tiny_003" in fail[0]
+    assert f"is truncated ({size - 1000} of {size} bytes)" in fail[0] and "nnUNetv2_preprocess -d 901" in fail[0]

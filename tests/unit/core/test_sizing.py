@@ -30,7 +30,7 @@ def test_fewer_cpus_than_nnunets_eight_export_processes_caps_the_pool() -> None:
 def test_one_cpu_of_two_by_affinity_sets_all_three_to_one() -> None:
     s = sized(cpus=1.0, cpu_source="CPU affinity (1 of 2 CPUs)")
     assert s.env == {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
-    assert any("instead of nnU-Net's 2 (CPU affinity (1 of 2 CPUs))" in n for n in s.notes)
+    assert any("instead of 2, nnU-Net's augmentation workers here (CPU affinity (1 of 2 CPUs))" in n for n in s.notes)
 
 
 def test_a_slurm_task_of_4_cpus_on_a_128_core_node() -> None:

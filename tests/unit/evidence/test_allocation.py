@@ -75,7 +75,8 @@ def test_garbled_and_missing_files_are_just_not_known(tmp_path: Path) -> None:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to give a process one of them")
 def test_this_machine_under_a_real_one_cpu_affinity() -> None:
     code = ("import os, json; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from supervisor.evidence.allocation import read_allocation; print(json.dumps(read_allocation().document()))")
+            "from supervisor.evidence.allocation import read_allocation; "
+            "print(json.dumps(read_allocation().document()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     a = json.loads(out.stdout)
     assert a["cpus"] == 1.0 and a["cpu_source"].startswith("CPU affinity (1 of")
