@@ -58,9 +58,22 @@ def _splits_ahead(config: Path) -> None:
                                                        "writes it itself", exc)
 
 
+# Each command reads and parses its file once: the document _experiment read is what the loaders get.
+_DOCUMENTS: dict[Path, Any] = {}
+
+
+def _document(config: Path) -> Any:
+    from supervisor.config import read_document
+
+    path = config.resolve()
+    if path not in _DOCUMENTS:
+        _DOCUMENTS[path] = read_document(path)
+    return _DOCUMENTS[path]
+
+
 def _load(config: Path, fold: str | None = None, configuration: str | None = None) -> RunContext:
     try:
-        return RunContext.load(config, fold, configuration)
+        return RunContext.load(config, fold, configuration, _document(config))
     except SupervisorError as exc:
         _fail(exc)
         raise  # unreachable; keeps type checkers content
@@ -69,11 +82,10 @@ def _load(config: Path, fold: str | None = None, configuration: str | None = Non
 def _experiment(config: Path, command: str, **flags: object) -> bool:
     """Is CONFIG an experiment file (to be handled whole by supervisor.experiment.commands)? Flags that only make
     sense for one run are refused for it, naming the command."""
-    from supervisor.config import read_document
     from supervisor.expfile import is_experiment
 
     try:
-        whole = is_experiment(read_document(config.resolve()))
+        whole = is_experiment(_document(config))
     except SupervisorError as exc:
         _fail(exc)
     given = [name for name, value in flags.items() if value]
@@ -272,7 +284,7 @@ def systemd(config: Path, user_unit: bool, install: bool, run_as: str | None) ->
         from supervisor.experiment.commands import unit_spec
         from supervisor.experiment.context import ExperimentContext
 
-        exp = _experiment_command(ExperimentContext.load, config)
+        exp = _experiment_command(ExperimentContext.load, config, _document(config))
         text, name = render(unit_spec(exp, sys.executable, user, user_unit)), unit_name(exp.config_path)
     else:
         ctx = _load(config)
@@ -307,7 +319,7 @@ def check(config: Path, deep: bool) -> None:
         from supervisor.experiment.commands import checks
         from supervisor.experiment.context import ExperimentContext
 
-        exp = _experiment_command(ExperimentContext.load, config)
+        exp = _experiment_command(ExperimentContext.load, config, _document(config))
         report, where = checks(exp, deep=True, data_deep=deep), exp.config_path
     else:
         ctx = _load(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from supervisor.config import Config, ResolvedPaths, parse_config, read_document, resolve_paths, trainer_paths
 from supervisor.errors import ConfigError
@@ -24,12 +24,14 @@ class RunContext:
     trainer_paths: list[Path]
 
     @classmethod
-    def load(cls, config_path: Path, fold: int | str | None = None, configuration: str | None = None) -> RunContext:
+    def load(cls, config_path: Path, fold: int | str | None = None, configuration: str | None = None,
+             doc: Any = None) -> RunContext:
         """Load and resolve; raises ConfigError naming what is wrong. `fold` overrides nnunet.fold (a SLURM
         job array runs one config for several folds). From an experiment file, the run of one of its cells: both
-        `configuration` and `fold` are then needed."""
+        `configuration` and `fold` are then needed. `doc`: the file's document, when the caller read it already
+        (a file is read and parsed once per command)."""
         config_path = config_path.resolve()
-        doc = read_document(config_path)
+        doc = read_document(config_path) if doc is None else doc
         if is_experiment(doc):
             if configuration is None or fold is None:
                 raise ConfigError(["this is an experiment file: `run` supervises all of it; one of its folds is "
@@ -42,6 +44,11 @@ class RunContext:
             cfg = parse_config(doc, str(config_path))
             if fold is not None:
                 cfg = cfg.model_copy(update={"nnunet": cfg.nnunet.model_copy(update={"fold": parse_fold(fold)})})
+        return cls.from_config(config_path, cfg)
+
+    @classmethod
+    def from_config(cls, config_path: Path, cfg: Config) -> RunContext:
+        """Resolve a validated config (of the file at config_path: relative paths count from its folder)."""
         base = config_path.parent
         try:
             paths = resolve_paths(cfg, base)

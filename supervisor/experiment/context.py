@@ -92,10 +92,11 @@ class ExperimentContext:
     layout: ExperimentLayout
 
     @classmethod
-    def load(cls, config_path: Path) -> ExperimentContext:
+    def load(cls, config_path: Path, doc: Any = None) -> ExperimentContext:
+        """Load and resolve an experiment file (`doc`: its document, when the caller read it already)."""
         config_path = config_path.resolve()
         source = str(config_path)
-        doc = read_document(config_path)
+        doc = read_document(config_path) if doc is None else doc
         if not is_experiment(doc):
             raise ConfigError(["no `experiment` section: this is a run.yaml for one fold, and this command is for an "
                                "experiment file (see `nnunet-supervise schema --experiment`)"], source)
@@ -113,8 +114,9 @@ class ExperimentContext:
         return cls(config_path, spec, paths, name, configurations, waits_for, idents, cells, layout)
 
     def run(self, cell: Cell) -> RunContext:
-        """The fold supervisor's view of one cell (as `run FILE --configuration C --fold F` loads it)."""
-        return RunContext.load(self.config_path, cell.fold, cell.configuration)
+        """The fold supervisor's view of one cell (as `run FILE --configuration C --fold F` loads it), from the
+        document read once."""
+        return RunContext.from_config(self.config_path, self.spec.fold_config(cell.configuration, cell.fold))
 
     def fold_layout(self, cell: Cell) -> RunLayout:
         nn = self.spec.nnunet
