@@ -276,7 +276,7 @@ def check_preprocessed(ctx: RunContext, report: Report, deep: bool = False) -> N
         report.notes.append(f"preprocessed data in {found.folder}: {found.unchecked}; not checked")
         return
     fix = (f"Run `nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration} -plans_name {nn.plans}` again (it "
-           "deletes this configuration's folder and writes every case anew)")
+           "deletes this configuration's folder and writes every case anew from nnUNet_raw)")
     report.problems += found.lines(fix)
     if not found.problems:
         how = "decompressed" if deep else "headers, sizes and properties; `check --deep` decompresses them"

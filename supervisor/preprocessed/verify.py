@@ -1,182 +1,260 @@
-"""Verify nnU-Net 2.8's preprocessed cases cheaply, without numpy or blosc2, and name each damaged case.
-
-nnU-Net's DefaultPreprocessor writes each case as CASE.b2nd (the image), CASE_seg.b2nd (the label), then CASE.pkl
-(its properties), into <nnUNet_preprocessed>/<dataset>/<data_identifier>/. A case cut short (a kill or a power cut
-mid-write) crashes a training days later at a random batch: "mmap length is greater than file size" (nnU-Net #291,
-#1103, #2276). The cheap check reads each file's kind and size, each .b2nd's frame header (the length the frame says
-it has must be the file's), and unpickles each .pkl with the inert unpickler (nothing in it can run). The deep check
-(`deep=True`) decompresses every array in a subprocess (deep.py).
-
-nnU-Net's `nnUNetv2_preprocess` deletes a configuration's whole folder before it writes the cases again
-(DefaultPreprocessor.run: shutil.rmtree(output_directory)), so the remedy for a damaged case is to preprocess that
-configuration again.
+"""The one entry for callers: verify a configuration's preprocessed data and say, per damaged case, what is wrong and
+what to run. The cheap check runs here (plain Python); the deep one reads every case with blosc2 in a
+subprocess (supervisor.preprocessed.deep), so nothing here imports numpy, blosc2 or torch.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.checkpoints.meta import InertUnpickler
-from supervisor.fileread import kind_of, read_bytes
+from supervisor.errors import SupervisorError
+from supervisor.fileread import kind_of
+from supervisor.oomscore import unprotect
+from supervisor.preprocessed.cheap import (
+    CaseProblem,
+    FolderCheck,
+    check_folder,
+    config_value,
+    data_identifier,
+    load_json,
+)
 from supervisor.trainer.protocol import RESULT_PREFIX
 
-# c-blosc2's contiguous frame (README_CFRAME_FORMAT.rst): the header is a msgpack array (fixarray, 0x9X) whose first
-# field is the str "b2frame\0" (0xa8 + 8 bytes), then the header length (int32, 0xd2 + 4 bytes, big-endian), then
-# the frame length (uint64, 0xcf + 8 bytes, big-endian) at bytes 16..23. Checked on the files nnU-Net 2.8 writes
-# (blosc2 3.x): the frame length is the file's size.
-FRAME_MAGIC = b"\xa8b2frame\x00"
-HEADER_BYTES = 24
-MAX_PKL_BYTES = 256 << 20  # a case's properties are kilobytes (foreground locations at most megabytes)
+# The deep subprocess prints one line as it starts a case and one as it ends it, so that a reader that dies on a
+# case (blosc2 is C: a damaged chunk may crash it) names that case, and the cases before it keep their answers.
+START_PREFIX = "NNUNET_SUPERVISE_CASE_START "
+DONE_PREFIX = "NNUNET_SUPERVISE_CASE_DONE "
+DEEP_TIMEOUT_S = 3600.0
 
 
-@dataclass(frozen=True)
-class CaseProblem:
-    case: str
-    file: str
-    problem: str
+class DeepCheckError(SupervisorError):
+    """The deep-check subprocess itself failed (or ran out of time): says nothing about the data."""
+
+
+@dataclass
+class DeepResult:
+    """What the deep read found."""
+
+    cases_checked: int
+    problems: list[CaseProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _run_deep_once(request: dict[str, Any], env: Mapping[str, str], timeout_s: float) -> tuple[
+        dict[str, Any] | None, list[dict[str, Any]], str | None, int, str]:
+    """One subprocess over request's cases: (final answer or None, per-case answers, case it was reading, exit
+    status, last stderr line)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nnunet-supervise-deep-") as f:
+        json.dump(request, f)
+        f.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.preprocessed.deep", f.name], env=dict(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        unprotect(proc.pid)  # it holds a case's arrays: no more shielded from the OOM killer than a trainer
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            timed_out = True
+    done: list[dict[str, Any]] = []
+    current: str | None = None
+    answer: dict[str, Any] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(START_PREFIX):
+            current = line[len(START_PREFIX):]
+        elif line.startswith(DONE_PREFIX):
+            done.append(json.loads(line[len(DONE_PREFIX):]))
+            current = None
+        elif line.startswith(RESULT_PREFIX):
+            answer = json.loads(line[len(RESULT_PREFIX):])
+    if timed_out:
+        where = f" (reading {current}, {len(done)} of {len(request['cases'])} done)" if current else ""
+        raise DeepCheckError(f"the deep check took more than {timeout_s:g} s{where}")
+    tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return answer, done, current, proc.returncode, tail
+
+
+def verify_deep(folder: Path, cases: list[str], env: Mapping[str, str], expect: Mapping[str, Any] | None = None,
+                timeout_s: float = DEEP_TIMEOUT_S) -> DeepResult:
+    """Read every case in `folder` with blosc2 as nnU-Net's dataset does, in a subprocess, and check its content.
+
+    expect: what the case must agree with (see deep.check_case): format, channels, labels, transpose_forward,
+    target_spacing, default_preprocessor. A case that crashes the reader is a problem of that case; the
+    subprocess is started again for the cases after it."""
+    t0 = time.monotonic()
+    result = DeepResult(cases_checked=0)
+    remaining = list(cases)
+    while remaining:
+        left = timeout_s - (time.monotonic() - t0)
+        if left <= 0:
+            raise DeepCheckError(f"the deep check took more than {timeout_s:g} s "
+                                 f"({result.cases_checked} of {len(cases)} done)")
+        request = {"folder": str(folder), "cases": remaining, "expect": dict(expect or {})}
+        answer, done, current, rc, tail = _run_deep_once(request, env, left)
+        entries = answer["results"] if answer is not None else done
+        for entry in entries:
+            result.cases_checked += 1
+            result.problems += [CaseProblem(entry["case"], p["file"], p["problem"]) for p in entry["problems"]]
+            result.notes += entry.get("notes", [])
+        if answer is not None:
+            break
+        if current is None:  # it died outside any case: at import, or on its request
+            raise DeepCheckError(f"the deep-check subprocess failed (exit {rc}): {tail}")
+        result.cases_checked += 1
+        if rc == -9:  # SIGKILL: the OOM killer, most likely; says nothing about the files
+            why = "could not be read: the reader was killed (SIGKILL: out of memory?) while reading it"
+        else:  # a segfault or an abort inside blosc2's C code: what a damaged chunk does
+            why = f"crashed the blosc2 reader (exit {rc}: {tail}): a file of this case is damaged inside"
+        result.problems.append(CaseProblem(current, "", why))
+        remaining = remaining[remaining.index(current) + 1:]
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result
+
+
+def preprocess_command(dataset_dir: Path, plans: Mapping[str, Any], configuration: str) -> str:
+    """The nnUNetv2_preprocess command line that rewrites this configuration's folder."""
+    recorded = plans.get("dataset_name")  # the planner's own record; the folder may be a renamed copy
+    names = [recorded if isinstance(recorded, str) else "", dataset_dir.name]
+    m = next((found for found in (re.match(r"Dataset(\d+)_", n) for n in names) if found), None)
+    ident = str(int(m.group(1))) if m else "<dataset id>"
+    plans_name = plans.get("plans_name")
+    named = f" -plans_name {plans_name}" if isinstance(plans_name, str) and plans_name != "nnUNetPlans" else ""
+    return f"nnUNetv2_preprocess -d {ident}{named} -c {configuration}"
 
 
 @dataclass
 class PreprocessedReport:
-    """What the check found for one configuration's folder."""
+    """Everything the check found about one configuration's preprocessed data."""
 
-    folder: Path
+    dataset_dir: Path
+    configuration: str
+    folder: Path | None = None
     cases_checked: int = 0
     problems: list[CaseProblem] = field(default_factory=list)
-    missing_folder: bool = False
+    missing_folder: str | None = None
+    folder_problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     deep: bool = False
-    unchecked: str = ""  # why the folder was not checked (not nnU-Net 2.8's blosc2 format)
+    command: str = ""  # what rewrites the configuration's data
+    unfinished: str | None = None  # the folder problem only preprocessing again cures (one of folder_problems)
+    seconds: float = 0.0
+    unchecked: str = ""  # why the folder's cases were not checked at all ("" when they were)
+    deep_error: str | None = None  # why the deep read, when asked for, did not finish
+
+    @property
+    def ok(self) -> bool:
+        return not (self.problems or self.missing_folder or self.folder_problems)
 
     @property
     def damaged_cases(self) -> list[str]:
         return sorted({p.case for p in self.problems})
 
-    def lines(self, fix: str) -> list[str]:
-        """One line per damaged case, with what would fix it."""
-        by_case: dict[str, list[str]] = {}
-        for p in self.problems:
-            by_case.setdefault(p.case, []).append(f"{p.file}: {p.problem}")
-        return [f"preprocessed case {case} in {self.folder} is damaged: {'; '.join(why)}. {fix}"
-                for case, why in sorted(by_case.items())]
+    def lines(self, fix: str | None = None) -> list[str]:
+        """One line per problem, each with what to run; then, once, what that command does.
+
+        fix: the caller's own advice instead; then one line per damaged case ("preprocessed case X in FOLDER is
+        damaged: ...") ending with it, and no closing line."""
+        folder = self.folder or self.dataset_dir
+        if fix is not None:
+            by_case: dict[str, list[str]] = {}
+            for p in self.problems:
+                by_case.setdefault(p.case, []).append(f"{p.file} {p.problem}" if p.file else p.problem)
+            out = [f"{self.missing_folder}. {fix}"] if self.missing_folder else []
+            out += [f"{p}. {fix}" if p == self.unfinished else p for p in self.folder_problems]
+            return out + [f"preprocessed case {case} in {folder} is damaged: {'; '.join(why)}. {fix}"
+                          for case, why in sorted(by_case.items())]
+        rerun = f"rerun {self.command}"
+        out = [f"{self.missing_folder} — run {self.command}"] if self.missing_folder else []
+        out += [f"{p} — {rerun}" if p == self.unfinished else p for p in self.folder_problems]
+        out += [f"{p.line()} — {rerun}" for p in self.problems]
+        if self.problems or self.unfinished:
+            out.append(f"{self.command} deletes {folder.name}/ and preprocesses every case again: nnU-Net cannot "
+                       "redo only the damaged cases nor resume an interrupted run, so deleting a case's files does "
+                       "not help. It reads the raw dataset from nnUNet_raw and must not run while a training reads "
+                       f"{folder.name}/; where only a copy of nnUNet_preprocessed is at hand, copy {folder.name}/ "
+                       "again from where it was made.")
+        return out
 
 
-def frame_problem(path: Path) -> str | None:
-    """None for a whole blosc2 frame; else what is wrong with it, in words."""
-    kind = kind_of(path)
-    if kind is not None:
-        return "missing" if kind == "missing" else f"is {kind}, not a file"
-    size = path.stat().st_size
-    if size == 0:
-        return "is empty (0 bytes)"
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def _labels(dataset_json: Mapping[str, Any]) -> list[int] | None:
+    """Every label value dataset.json names (regions: the labels they are made of), with -1, which crop_to_nonzero
+    writes outside the image's nonzero mask."""
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, Mapping):
+        return None
+    values: set[int] = {-1}
+    for v in labels.values():
+        for x in v if isinstance(v, (list, tuple)) else [v]:
+            if not isinstance(x, int) or isinstance(x, bool):
+                return None
+            values.add(x)
+    return sorted(values)
+
+
+def _channels(dataset_json: Mapping[str, Any] | None) -> int | None:
+    names = (dataset_json or {}).get("channel_names", (dataset_json or {}).get("modality"))
+    return len(names) if isinstance(names, Mapping) and names else None
+
+
+def verify_preprocessed(preprocessed_dataset_dir: Path, plans: Mapping[str, Any], configuration: str,
+                        deep: bool = False, env: Mapping[str, str] | None = None,
+                        timeout_s: float = DEEP_TIMEOUT_S) -> PreprocessedReport:
+    """Check each training case of `configuration` under `<nnUNet_preprocessed>/<DatasetXXX_Name>`.
+
+    Cheap (default): files present and regular, frames whole, pickles readable, shapes agreeing; about a
+    millisecond a case. deep: also decompress every array in a subprocess (env: its environment, default ours)
+    and check values and the pickle's shapes; when that subprocess itself fails, deep_error says why (and a
+    folder problem says the data was not read in full)."""
+    t0 = time.monotonic()
+    report = PreprocessedReport(dataset_dir=preprocessed_dataset_dir, configuration=configuration, deep=deep,
+                                command=preprocess_command(preprocessed_dataset_dir, plans, configuration))
     try:
-        head = os.read(fd, HEADER_BYTES)
-    finally:
-        os.close(fd)
-    if len(head) < HEADER_BYTES or head[0] & 0xF0 != 0x90 or head[1:10] != FRAME_MAGIC or head[15] != 0xCF:
-        return f"is not a blosc2 frame (its first bytes: {head[:12].hex()})"
-    length = int.from_bytes(head[16:24], "big")
-    if length > size:
-        return f"is truncated ({size} of {length} bytes)"
-    if length < size:
-        return f"is longer than its frame ({size} bytes, the frame says {length})"
-    return None
-
-
-def pickle_problem(path: Path) -> str | None:
-    kind = kind_of(path)
-    if kind is not None:
-        return "missing" if kind == "missing" else f"is {kind}, not a file"
-    try:
-        obj = InertUnpickler(io.BytesIO(read_bytes(path, MAX_PKL_BYTES, "case properties file"))).load()
-    except OSError as exc:
-        return f"cannot be read ({exc})"
-    except Exception as exc:  # the inert unpickler makes odd pickles fail oddly; all mean unreadable
-        return f"does not unpickle ({type(exc).__name__}: {str(exc)[:200]})"
-    if not isinstance(obj, dict):
-        return f"holds a {type(obj).__name__}, not nnU-Net's properties dict"
-    return None
-
-
-def expected_cases(folder: Path, splits_file: Path | None) -> list[str]:
-    """The cases nnU-Net will train on: every case of splits_final.json (all folds), else those in the folder (an
-    image file CASE.b2nd, as nnUNetDatasetBlosc2.get_identifiers lists them)."""
-    cases: set[str] = set()
-    if splits_file is not None:
-        try:
-            splits = json.loads(read_bytes(splits_file, 64 << 20, "splits_final.json"))
-            for entry in splits if isinstance(splits, list) else []:
-                for side in ("train", "val"):
-                    cases.update(str(c) for c in entry.get(side, []) if isinstance(c, str))
-        except (OSError, ValueError, AttributeError):
-            cases = set()
-    if not cases:
-        try:
-            cases = {n[:-5] for n in os.listdir(folder) if n.endswith(".b2nd") and not n.endswith("_seg.b2nd")}
-        except OSError:
-            cases = set()
-    return sorted(cases)
-
-
-def check_cases(folder: Path, cases: Iterable[str]) -> PreprocessedReport:
-    report = PreprocessedReport(folder)
-    if not folder.is_dir():
-        report.missing_folder = True
+        folder = preprocessed_dataset_dir / data_identifier(plans, configuration)
+    except ValueError as exc:
+        report.folder_problems.append(f"{exc}: nnU-Net cannot tell where its preprocessed data is")
         return report
-    for case in cases:
-        report.cases_checked += 1
-        for name in (f"{case}.b2nd", f"{case}_seg.b2nd"):
-            why = frame_problem(folder / name)
-            if why:
-                report.problems.append(CaseProblem(case, name, why))
-        why = pickle_problem(folder / f"{case}.pkl")
-        if why:
-            report.problems.append(CaseProblem(case, f"{case}.pkl", why))
+    report.folder = folder
+    kind = kind_of(folder)
+    if kind != "a directory":
+        report.missing_folder = (f"{folder} is missing" if kind == "missing"
+                                 else f"{folder} is {kind}, not a folder")
+        return report
+    dataset_json, problem = load_json(preprocessed_dataset_dir / "dataset.json")
+    if problem:  # `check` reports the file itself; here it only means channels and labels are not compared
+        report.notes.append(f"{problem}: channels, labels and numTraining not compared")
+    ds = dataset_json if isinstance(dataset_json, Mapping) else None
+    cheap: FolderCheck = check_folder(folder, preprocessed_dataset_dir, _channels(ds), ds)
+    report.cases_checked = len(cheap.cases)
+    report.problems = list(cheap.problems)
+    report.folder_problems += cheap.folder_problems
+    report.notes += cheap.notes
+    report.unfinished = cheap.unfinished
+    if deep and cheap.format is not None and cheap.intact():
+        expect = {"format": cheap.format, "channels": _channels(ds), "labels": _labels(ds) if ds else None,
+                  "transpose_forward": plans.get("transpose_forward"),
+                  "target_spacing": config_value(plans, configuration, "spacing"),
+                  "default_preprocessor": config_value(plans, configuration, "preprocessor_name")
+                  == "DefaultPreprocessor"}
+        try:
+            found = verify_deep(folder, cheap.intact(), os.environ if env is None else env, expect, timeout_s)
+        except DeepCheckError as exc:  # says nothing about the data, but what was asked for was not verified
+            report.deep_error = str(exc)
+            report.folder_problems.append(f"{folder.name}/ was not read in full: {exc}")
+        else:
+            report.problems += found.problems
+            report.notes += found.notes
+    report.problems.sort(key=lambda p: p.case)  # stable: within a case, the order nnU-Net writes its files
+    report.seconds = round(time.monotonic() - t0, 3)
     return report
-
-
-def verify_preprocessed(dataset_dir: Path, plans: Mapping[str, Any], configuration: str, deep: bool = False,
-                        env: Mapping[str, str] | None = None) -> PreprocessedReport:
-    """Every training case of one configuration: whole (cheap), and with `deep`, decompressed and consistent."""
-    config = plans.get("configurations", {}).get(configuration, {})
-    ident = config.get("data_identifier") if isinstance(config, dict) else None
-    folder = dataset_dir / str(ident or f"{plans.get('plans_name', 'nnUNetPlans')}_{configuration}")
-    splits = dataset_dir / "splits_final.json"
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        names = []
-    if names and not any(n.endswith(".b2nd") for n in names) and any(n.endswith((".npz", ".npy")) for n in names):
-        # preprocessed by an older nnU-Net (numpy files): nnU-Net 2.8 still trains on them, we do not read them
-        return PreprocessedReport(folder, unchecked="numpy files of an older nnU-Net, not blosc2")
-    report = check_cases(folder, expected_cases(folder, splits if splits.exists() else None))
-    if deep and not report.missing_folder:
-        whole = [c for c in expected_cases(folder, None) if c not in report.damaged_cases]
-        report.problems += deep_problems(folder, whole, env)
-        report.deep = True
-    return report
-
-
-def deep_problems(folder: Path, cases: list[str], env: Mapping[str, str] | None = None,
-                  timeout_s: float = 3600) -> list[CaseProblem]:
-    """Decompress each case in a subprocess (blosc2, numpy: never in the daemon)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nnunet-supervise-pre-") as f:
-        json.dump({"folder": str(folder), "cases": cases}, f)
-        f.flush()
-        done = subprocess.run([sys.executable, "-m", "supervisor.preprocessed.deep", f.name], capture_output=True,
-                              text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ if env is None else env))
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return [CaseProblem(**p) for p in json.loads(line[len(RESULT_PREFIX):])]
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return [CaseProblem("-", "-", f"the deep check could not run (exit {done.returncode}): {tail}")]
