@@ -144,6 +144,10 @@ class Launcher:
             recorded = {**resume_settings.read_record(record_file),
                         **resume_settings.from_debug(layout.fold_dir / "debug.json")}
             changes = resume_settings.compare(recorded, current)
+            if not set(recorded) & set(current):
+                log.info("the training setup of %s could not be compared with the trainer's (no debug.json or "
+                         "settings record of its training, or the trainer's network not built)",
+                         Path(outcome.resumed_from).name)
             if changes:
                 what = resume_settings.describe(changes)
                 fields = {"changes": changes, "checkpoint": outcome.resumed_from}

@@ -29,7 +29,7 @@ ATTEMPT_LOG = re.compile(r"^attempt-(\d+)\.log$")
 
 def own_files(layout: RunLayout) -> list[Path]:
     return [layout.state_file, layout.events_file, layout.heartbeat_file, layout.lock_file,
-            layout.supervisor_dir / "network-shapes.json"]
+            layout.supervisor_dir / "network-shapes.json", layout.supervisor_dir / "settings.json"]
 
 
 def set_aside(path: Path, why: str) -> Path | None:
