@@ -53,7 +53,9 @@ def config_for(fault: str, root: Path, raw: Path, pre: Path, remedies: bool) -> 
     folder = root / f"{fault}-{'on' if remedies else 'off'}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    switches = {"fit_allocation": remedies} if fault in PREVENTION else {"enabled": remedies}
+    # the first three show the reactive ladder: the counts fitted before the launch (which would prevent the host OOM
+    # here) stay off for them
+    switches = {"fit_allocation": remedies} if fault in PREVENTION else {"enabled": remedies, "fit_allocation": False}
     paths = [str(TRAINERS), str(REPO / "supervisor" / "demo" / "trainers")]
     return write_demo_config(folder / "run.yaml", raw, pre, folder / "results",
                              nnunet={"trainer": trainer, "trainer_paths": paths, "env": env},
