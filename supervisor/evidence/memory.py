@@ -27,7 +27,7 @@ class MemoryCgroup:
     def oom_kills(self) -> int | None:
         try:
             text = self.events.read_text()
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # a garbled file is not known, never a crash
             return None
         for line in text.splitlines():
             key, _, value = line.partition(" ")
@@ -45,7 +45,7 @@ class MemoryCgroup:
     def limit_bytes(self) -> int | None:
         try:
             text = self.limit.read_text().strip()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return None
         if not text.isdigit():  # v2 "max"
             return None
@@ -57,7 +57,7 @@ def memory_cgroup(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
     """The memory cgroup of a process (v1's memory controller, else v2's unified tree), None where there is none."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
     return cgroup_from_lines(lines, root)
 
