@@ -26,30 +26,17 @@ def resolve_dataset_name(dataset: Union[int, str], roots: list[Path]) -> str:
     return found[0]
 
 
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths of one training run (dataset, trainer, plans, configuration, fold) under nnUNet_results."""
-
-    results: Path
-    dataset_name: str
-    trainer: str
-    plans: str
-    configuration: str
-    fold: Union[int, str]
-
-    @property
-    def fold_dir(self) -> Path:
-        return (self.results / self.dataset_name / f"{self.trainer}__{self.plans}__{self.configuration}"
-                / f"fold_{self.fold}")
-
-    @property
-    def place(self) -> Path:
-        """What messages name for this run."""
-        return self.fold_dir
+class RunFiles:
+    """Our own files of one supervised stage, under its `supervisor_dir`: what the engine writes and locks."""
 
     @property
     def supervisor_dir(self) -> Path:
-        return self.fold_dir / "supervisor"
+        raise NotImplementedError
+
+    @property
+    def place(self) -> Path:
+        """The folder the stage works in: its processes are marked with it, messages name it."""
+        raise NotImplementedError
 
     @property
     def state_file(self) -> Path:
@@ -74,6 +61,53 @@ class RunLayout:
 
     def attempt_log(self, attempt: int) -> Path:
         return self.supervisor_dir / f"attempt-{attempt}.log"
+
+
+@dataclass(frozen=True)
+class PreprocessLayout(RunFiles):
+    """Paths of one dataset's supervised preprocessing: nnU-Net writes under nnUNet_preprocessed/<dataset>/, our
+    run directory is its `supervisor/` folder (nnU-Net only ever replaces the configurations' own folders)."""
+
+    preprocessed: Path
+    dataset_name: str
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.preprocessed / self.dataset_name
+
+    @property
+    def place(self) -> Path:
+        return self.dataset_dir
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.dataset_dir / "supervisor"
+
+
+@dataclass(frozen=True)
+class RunLayout(RunFiles):
+    """Paths of one training run (dataset, trainer, plans, configuration, fold) under nnUNet_results."""
+
+    results: Path
+    dataset_name: str
+    trainer: str
+    plans: str
+    configuration: str
+    fold: Union[int, str]
+
+    @property
+    def fold_dir(self) -> Path:
+        return (self.results / self.dataset_name / f"{self.trainer}__{self.plans}__{self.configuration}"
+                / f"fold_{self.fold}")
+
+    @property
+    def place(self) -> Path:
+        """What messages name for this run."""
+        return self.fold_dir
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.fold_dir / "supervisor"
 
     def checkpoint(self, name: str) -> Path:
         return self.fold_dir / name

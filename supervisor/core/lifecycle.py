@@ -68,6 +68,23 @@ from supervisor.errors import ExitCode
 # How a relaunch resumes: --c, or after checkpoint_final.pth only the final validation (--c would re-initialise the
 # training and rewrite checkpoint_final.pth).
 RELAUNCH = {False: "--c", True: "--val (the final validation only; no epoch trained again)"}
+
+
+@dataclass(frozen=True)
+class Words:
+    """How the lifecycle's lines name what the stage runs and how far it got (a stage supplies its own)."""
+
+    process: str = "trainer"
+    done_already: str = ("this fold is already finished (checkpoint_final.pth and validation/summary.json); "
+                         "nothing to do")
+    # how far an attempt got: "epoch 12" (training), "12 cases" (preprocessing)
+    progress: Callable[[int], str] = field(default=lambda n: f"epoch {n}")
+    # how a relaunch resumes, by whether the failure came after the stage's last step (training: its final validation)
+    relaunch: Callable[[bool], str] = field(default=lambda late: RELAUNCH[late])
+    no_progress: str = "no epoch progress"
+
+
+TRAINING_WORDS = Words()
 # Causes whose exit is not retryable as it is, but is once their remedy is in effect.
 REMEDIABLE_ONLY = frozenset({WEIGHTS_ONLY})
 
@@ -118,8 +135,9 @@ class Decider:
 
     def __init__(self, policy: RestartPolicy, stop_grace_s: float,
                  rand: Callable[[], float] = random.random, disk_check_s: float = 30.0,
-                 ladder: Ladder | None = None) -> None:
+                 ladder: Ladder | None = None, words: Words = TRAINING_WORDS) -> None:
         self.policy = policy
+        self.words = words
         self.stop_grace_s = stop_grace_s
         self.rand = rand
         self.disk_check_s = disk_check_s
@@ -153,14 +171,14 @@ class Decider:
         if phase is Phase.RUNNING and isinstance(ev, Abort):
             # RUNNING -> STOPPING, to give up once the trainer is gone
             return replace(s, phase=Phase.STOPPING, abort=ev, deadline=now + self.stop_grace_s), [
-                Say(f"{ev.message}; stopping the trainer"), Terminate(self.stop_grace_s)]
+                Say(f"{ev.message}; stopping the {self.words.process}"), Terminate(self.stop_grace_s)]
         if phase is Phase.RUNNING and isinstance(ev, Recycle):
             # RUNNING -> STOPPING, to relaunch (or finish) once the trainer is gone
             # a stall is recorded the moment it is seen; the stack dump (seconds) comes after, before the kill
             diagnose: list[Action] = [DumpStacks()] if ev.kind == "stall" else []
             return replace(s, phase=Phase.STOPPING, recycle=ev, deadline=now + self.stop_grace_s), [
                 Record(ev.kind, {"attempt": s.attempt, "message": ev.message, **ev.fields}),
-                Say(f"attempt {s.attempt}: {ev.message}; stopping the trainer"), *diagnose,
+                Say(f"attempt {s.attempt}: {ev.message}; stopping the {self.words.process}"), *diagnose,
                 Terminate(self.stop_grace_s)]
         if phase is Phase.STOPPING and isinstance(ev, (Abort, Recycle)):
             return s, []
@@ -191,7 +209,7 @@ class Decider:
             # INIT -> FINISHED: never relaunch a finished fold (--c would redo its validation)
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
                 Record("finished", {"already": True}),
-                Say("this fold is already finished (checkpoint_final.pth and validation/summary.json); nothing to do"),
+                Say(self.words.done_already),
                 Exit(ExitCode.FINISHED),
             ]
         # INIT -> STARTING
@@ -225,7 +243,8 @@ class Decider:
         if s.phase is Phase.STOPPING and not s.killed:
             # STOPPING -> STOPPING: the grace period is over
             return replace(s, killed=True, deadline=None), [
-                Say(f"trainer did not exit within {self.stop_grace_s:g} s of SIGTERM; sending SIGKILL"), Kill()]
+                Say(f"{self.words.process} did not exit within {self.stop_grace_s:g} s of SIGTERM; sending SIGKILL"),
+                Kill()]
         return replace(s, deadline=None), []
 
     def _relaunch(self, s: LoopState) -> tuple[LoopState, list[Action]]:
@@ -260,14 +279,14 @@ class Decider:
         if s.phase is Phase.RUNNING:
             # RUNNING -> STOPPING
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, deadline=now + self.stop_grace_s), [
-                record, Say(f"{ev.reason} received: stopping the trainer (attempt {s.attempt}) resumably"),
+                record, Say(f"{ev.reason} received: stopping the {self.words.process} (attempt {s.attempt}) resumably"),
                 Terminate(self.stop_grace_s)]
         if s.phase is Phase.STOPPING:
             if s.killed:
                 return s, []
             # STOPPING -> STOPPING: a second request does not wait for the grace period (nor for a save)
             return replace(s, killed=True, saving=False, deadline=None), [
-                Say(f"{ev.reason} received again: killing the trainer now"), Kill()]
+                Say(f"{ev.reason} received again: killing the {self.words.process} now"), Kill()]
         if s.phase is Phase.STARTING:
             if s.stop_reason is not None:
                 return s, []
@@ -323,7 +342,7 @@ class Decider:
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch,
                                             **({"remedies": kept} if kept else {})}),
-                *worked, Say(f"{head}; epoch {s.best_epoch} reached. Done."), Exit(ExitCode.FINISHED)]
+                *worked, Say(f"{head}; {self.words.progress(s.best_epoch)} reached. Done."), Exit(ExitCode.FINISHED)]
         if not c.retryable and not self._remediable(s, cause):
             before: list[Action] = [record]
             if c.kind == "incompatible_checkpoint":
@@ -338,7 +357,8 @@ class Decider:
             return self._give_up(s, "remedies_exhausted", exhausted, [record])
         if no_progress >= self.policy.max_attempts_without_progress:
             return self._give_up(s, "no_progress", f"{head} (retryable), but {no_progress} attempts in a row made "
-                                 f"no epoch progress (stuck at epoch {s.best_epoch}){tried}; giving up", [record])
+                                 f"{self.words.no_progress} (stuck at {self.words.progress(s.best_epoch)}){tried}; "
+                                 "giving up", [record])
         if s.restarts >= self.policy.max_restarts:
             return self._give_up(s, "restart_budget", f"{head} (retryable), but the restart budget "
                                  f"({self.policy.max_restarts}) is used up{tried}; giving up", [record])
@@ -351,8 +371,9 @@ class Decider:
             *remedied,
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
                                "progress": progressed}),
-            Say(f"{head} ({'retryable' if c.retryable else 'remediable'}); epoch {ev.epochs_completed} reached; "
-                f"relaunching with {RELAUNCH[ev.phase == 'validation']} in {delay:.1f} s "
+            Say(f"{head} ({'retryable' if c.retryable else 'remediable'}); "
+                f"{self.words.progress(ev.epochs_completed)} reached; "
+                f"relaunching with {self.words.relaunch(ev.phase == 'validation')} in {delay:.1f} s "
                 f"(restart {restart}/{self.policy.max_restarts})"),
         ]
 
@@ -378,10 +399,11 @@ class Decider:
             # STOPPING -> FINISHED: it completed before the stop took effect
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch}),
-                Say("the trainer finished while stopping. Done."), Exit(ExitCode.FINISHED)]
+                Say(f"the {self.words.process} finished while stopping. Done."), Exit(ExitCode.FINISHED)]
         # STOPPING -> STOPPED
         return replace(s, phase=Phase.STOPPED, exit_code=ExitCode.STOPPED), [
-            record, Say(f"trainer stopped at epoch {ev.epochs_completed}; the run is resumable with the same command"),
+            record, Say(f"{self.words.process} stopped at {self.words.progress(ev.epochs_completed)}; the run is "
+                        "resumable with the same command"),
             Exit(ExitCode.STOPPED)]
 
     def _give_up(self, s: LoopState, reason: str, message: str,

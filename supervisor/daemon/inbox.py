@@ -18,7 +18,6 @@ from typing import Union
 
 from supervisor.core.messages import Event, StopRequested
 from supervisor.daemon.jobs import JobDone
-from supervisor.daemon.launching import VerifiedAhead
 from supervisor.daemon.process import Trainer
 from supervisor.gpu.monitor import GpuFault, GpuHealth
 
@@ -47,13 +46,21 @@ class Wake:
 
 
 @dataclass(frozen=True)
+class StageNews:
+    """From a helper thread of the stage (e.g. the training's verification ahead): handed to the stage on the main
+    thread."""
+
+    payload: object
+
+
+@dataclass(frozen=True)
 class GpuReport:
     """From the GPU monitor's thread: a GpuFault or a changed GpuHealth."""
 
     report: GpuFault | GpuHealth
 
 
-Item = Union[Event, MainExited, ChildGone, Wake, GpuReport, VerifiedAhead, JobDone]
+Item = Union[Event, MainExited, ChildGone, Wake, GpuReport, StageNews, JobDone]
 
 
 class Inbox:

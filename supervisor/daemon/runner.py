@@ -1,4 +1,6 @@
-"""The runner: feeds events to the Decider and carries out its actions. It decides nothing itself.
+"""The engine: runs one stage (a fold's training, a dataset's preprocessing) under the lifecycle. It feeds events
+to the Decider and carries out its actions, and decides nothing itself; what depends on the work being done (its
+command, progress, "done" test, verification, causes) is the stage's (supervisor.stages.stage.Stage).
 
 One main thread drains one queue. Signal handlers, the file observer, the GPU monitor, the thread waiting for the
 trainer and the background jobs only put items on it, so the loop never blocks for longer than a tick: a
@@ -14,10 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from supervisor.command import build_argv, build_env, trainer_command
 from supervisor.context import RunContext
 from supervisor.core.lifecycle import Decider, LoopState
 from supervisor.core.messages import (
@@ -41,16 +41,14 @@ from supervisor.core.messages import (
     Tick,
 )
 from supervisor.core.policy import RestartPolicy
-from supervisor.core.rules import carried_over, save_timeout_s
+from supervisor.core.power import BatteryWatch, power_outcome
+from supervisor.core.rules import Every, carried_over
 from supervisor.daemon.activity import FileActivity
-from supervisor.daemon.inbox import ChildGone, GpuReport, Inbox, MainExited, Wake
+from supervisor.daemon.inbox import ChildGone, GpuReport, Inbox, MainExited, StageNews, Wake
 from supervisor.daemon.jobs import JobDone, Jobs
-from supervisor.daemon.launching import Launcher, VerifiedAhead
 from supervisor.daemon.power import read_battery
 from supervisor.daemon.process import ProcessOps, Spawner, Trainer
 from supervisor.daemon.publish import Facts, Publisher
-from supervisor.daemon.remedying import fitted_env, ladder_for
-from supervisor.daemon.sensors import Sensors
 from supervisor.deploy import slurm
 from supervisor.deploy.sdnotify import Notifier
 from supervisor.errors import LaunchError, RunDirError
@@ -59,6 +57,8 @@ from supervisor.rundir import recover
 from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
+from supervisor.stages.stage import Look, Stage
+from supervisor.stages.training.stage import TrainingStage
 
 if TYPE_CHECKING:
     from supervisor.core.power import BatteryReading
@@ -68,36 +68,32 @@ log = logging.getLogger("nnunet_supervise")
 GPU_MEMORY_WAIT_S = 60.0
 
 
-class Runner:
-    """Supervise one run until it finishes, gives up or is stopped; returns the exit code."""
+class Engine:
+    """Supervise one stage until it finishes, gives up or is stopped; returns the exit code."""
 
-    def __init__(self, ctx: RunContext, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, stage: Stage, ops: ProcessOps, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
-                 spawn: Spawner | None = None, ops: ProcessOps | None = None, tick_s: float = 2.0,
-                 leftover_grace_s: float = 10.0, battery: Callable[[], BatteryReading | None] = read_battery,
-                 notifier: Notifier | None = None,
-                 on_status: Callable[[dict[str, Any]], None] | None = None,
-                 sized: dict[str, str] | None = None) -> None:
-        self.ctx, self.layout, self.clock, self.wall = ctx, ctx.layout, clock, wall
-        # nnU-Net's process counts fitted to what this process is given (affinity, cgroup, SLURM), once: the
-        # allocation does not change under a running supervisor
-        self.sized = fitted_env(ctx) if sized is None else sized
-        self.ops = ops or ProcessOps(spawn, log_cap=ctx.config.process.attempt_log_max_bytes)
+                 tick_s: float = 2.0, leftover_grace_s: float = 10.0,
+                 battery: Callable[[], BatteryReading | None] = read_battery, notifier: Notifier | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None, queue: Inbox | None = None) -> None:
+        self.stage, self.files, self.clock, self.wall = stage, stage.files, clock, wall
+        self.ops = ops
         self.tick_s, self.leftover_grace_s = tick_s, leftover_grace_s
-        cfg = ctx.config
+        cfg = stage.config
         r = cfg.restart
         self.decider = Decider(RestartPolicy(r.max_restarts, r.backoff_initial_s, r.backoff_max_s,
                                              r.max_attempts_without_progress), cfg.process.stop_grace_s, rand,
-                               disk_check_s=r.disk_check_s, ladder=ladder_for(ctx, sized=self.sized))
-        self.queue = Inbox()
+                               disk_check_s=r.disk_check_s, ladder=stage.ladder, words=stage.words)
+        self.queue = queue or Inbox()
         self.jobs = Jobs(self.queue.put)
-        self.events = EventLog(self.layout.events_file, wall)  # written only by _record
-        self.store = StateStore(self.layout.state_file)
+        self.events = EventLog(self.files.events_file, wall)  # written only by _record
+        self.store = StateStore(self.files.state_file)
         self.notifier = notifier or Notifier()  # systemd Type=notify; a no-op elsewhere
-        self.publisher = Publisher.for_run(ctx, self.notifier, on_status, self.events, clock)
+        self.publisher = Publisher.for_stage(stage, self.notifier, on_status, self.events, clock)
         self.metrics = self.publisher.metrics
-        self.sensors = Sensors(ctx, self.ops, battery, [])
-        self.launcher = Launcher(ctx, self.queue.put)
+        self.battery = battery
+        self.power = BatteryWatch(cfg.power.battery_stop_percent)
+        self.power_every = Every(cfg.power.check_every_s)
         self.gpu: GpuMonitor | None = None
         self.proc: Trainer | None = None
         self._old_tree: set[int] = set()  # the last attempt's pids, whose GPU memory must be freed first
@@ -111,32 +107,32 @@ class Runner:
     # ---- the loop ----
 
     def run(self) -> int:
-        lock = RunLock(self.layout.lock_file)
+        lock = RunLock(self.files.lock_file)
         try:
-            self.layout.supervisor_dir.mkdir(parents=True, exist_ok=True)
-            moved = recover.set_aside_wrong_kinds(self.layout)  # a FIFO or a folder in a file's place: never opened
+            self.files.supervisor_dir.mkdir(parents=True, exist_ok=True)
+            moved = recover.set_aside_wrong_kinds(self.files)  # a FIFO or a folder in a file's place: never opened
             lock.acquire()  # LockedError -> exit 3, before anything else is touched
         except OSError as exc:  # exit 2, not 70: a restart cannot make a read-only folder writable
-            raise RunDirError(f"cannot use the run directory {self.layout.supervisor_dir}: {exc}") from None
-        log.info("supervising %s (run directory %s)", self.ctx.config_path, self.layout.supervisor_dir)
+            raise RunDirError(f"cannot use the run directory {self.files.supervisor_dir}: {exc}") from None
+        log.info("supervising the %s of %s (run directory %s)", self.stage.name, self.stage.config_path,
+                 self.files.supervisor_dir)
         log.info("%s", self.ops.protect_from_oom())
-        own = str(self.layout.supervisor_dir)
+        own = str(self.files.supervisor_dir)
         # Our own state.json/events.jsonl writes must not wake us; the trainer's attempt log should.
-        files = FileActivity([self.layout.fold_dir], self.queue.wake, min_interval_s=0.0,
+        files = FileActivity([self.stage.work_dir], self.queue.wake, min_interval_s=0.0,
                              ignore=lambda path: path.startswith(own) and not path.endswith(".log"))
         try:
             self.ops.become_subreaper()
-            previous, damaged = recover.previous_state(self.layout)
+            previous, damaged = recover.previous_state(self.files)
             self._record_all(moved + damaged)
-            self.launcher.remember(previous)
-            self.sensors.carry_epoch_times(previous.get("epoch_times"))
+            self.stage.remember(previous)
             self._stop_orphans(previous)
             state = self._initial_state(previous)
             files.start()
             self._start_gpu_monitor()
-            self.launcher.start()
+            self.stage.start()
             with self.queue.signals():
-                self.notifier.ready(f"supervising {self.ctx.config_path}")
+                self.notifier.ready(f"supervising {self.stage.config_path}")
                 code = self._loop(state)
                 self.notifier.stopping(f"{self._last_state.phase.value}: exit {code}")
                 requeued = slurm.requeue_if_preempted(self._last_state.stop_reason, code, os.environ)
@@ -146,7 +142,7 @@ class Runner:
         finally:
             self.publisher.close()
             files.stop()
-            self.launcher.stop()
+            self.stage.stop()
             if self.gpu is not None:
                 self.gpu.stop()
             self._ensure_stopped()
@@ -159,7 +155,7 @@ class Runner:
         return carried_over(previous, self._slurm_job)
 
     def _loop(self, state: LoopState) -> int:
-        pending: deque[Event] = deque([self.sensors.begin(self.launcher.memory.had_checkpoints)])
+        pending: deque[Event] = deque([self.stage.begin()])
         while True:
             if not pending:
                 pending.extend(self._next_events(state))
@@ -184,14 +180,14 @@ class Runner:
             timeout = min(timeout, self.notifier.watchdog_s / 4)  # pings due at half the interval stay on time
         if state.deadline is not None:
             timeout = max(0.0, min(timeout, state.deadline - self.clock()))
-        stall = self.sensors.stall_deadline()
+        stall = self.stage.stall_deadline()
         if stall is not None:  # wake right at the stall deadline, not up to a tick after it
             timeout = max(0.0, min(timeout, stall - self.clock() + 0.01))
         item = self.queue.get(timeout)
         if item is None or isinstance(item, Wake):
             return self._look()
         if isinstance(item, MainExited):
-            self.sensors.main_exited()
+            self.stage.main_exited()
             return [Tick()]
         if isinstance(item, ChildGone):
             return [self._child_gone(item)]
@@ -201,23 +197,34 @@ class Runner:
             return [abort] if abort is not None else [Tick()]
         if isinstance(item, JobDone):
             return [self._job_done(item)]
-        if isinstance(item, VerifiedAhead):
-            self.launcher.verified(item.verdicts)
+        if isinstance(item, StageNews):
+            self.stage.news(item.payload)
             self._persist(self._last_state)
             return [Tick()]
-        if isinstance(item, StopRequested) and self.ctx.config.cooperative.enabled and self.proc is not None:
-            return [replace(item, save_timeout_s=save_timeout_s(self.ctx.config.cooperative.stop_timeout_s,
-                                                                self.sensors.recent_epoch_times()))]
+        if isinstance(item, StopRequested) and self.proc is not None:
+            return [self.stage.stop_request(item)]
         return [item]
 
     def _look(self) -> list[Event]:
-        look = self.sensors.look(self.clock())
-        self._record_all(look.records)
-        if look.written:
-            self.launcher.written(look.written)
-        if look.epoch_changed:
+        now = self.clock()
+        power = self._power(now)
+        look = self.stage.look(now) if self.proc is not None else Look()
+        self._record_all(power.records + look.records)
+        if look.changed:
             self._persist(self._last_state)
-        return look.events or [Tick()]
+        return power.events + look.events or [Tick()]
+
+    def _power(self, now: float) -> Look:
+        """The battery, when due: a power event may stop any stage resumably."""
+        look = Look()
+        if self.power_every.due(now):
+            notices = self.power.observe(self.battery())
+            for n in notices:
+                log.warning("%s", n.message)
+            look.records, stop = power_outcome(notices)
+            if stop is not None:
+                look.events.append(stop)
+        return look
 
     def _child_gone(self, gone: ChildGone) -> Event:
         if gone.stopped:
@@ -225,7 +232,7 @@ class Runner:
         self._old_tree = {gone.proc.pid, *gone.stopped}
         self.proc = None
         self._held = None  # nothing left to signal
-        return self.sensors.exited(gone.returncode)
+        return self.stage.exited(gone.returncode)
 
     def _job_done(self, done: JobDone) -> Event:
         self.jobs.finished(done)
@@ -233,8 +240,7 @@ class Runner:
             raise done.error  # a bug of ours: the supervisor ends (exit 70), as it would have on the main thread
         if done.name == "launch":
             outcome, event = done.result
-            self.launcher.applied(outcome)
-            self._record_all(outcome.records)
+            self._record_all(self.stage.applied(outcome))
             return event  # type: ignore[no-any-return]
         if done.name == "dump":
             held, self._held = self._held or [], None
@@ -252,14 +258,14 @@ class Runner:
             log.info("%s", action.message)
         elif isinstance(action, Launch):
             old_tree, self._old_tree = self._old_tree, set()
-            self.jobs.start("launch", self.launcher.work(action.resume, lambda: self._wait_gpu_memory(old_tree),
+            self.jobs.start("launch", self.stage.prepare(action.resume, lambda: self._wait_gpu_memory(old_tree),
                                                          action.env))
         elif isinstance(action, Spawn):
             return self._spawn(action)
         elif isinstance(action, Prepare):
-            self.launcher.start_verifying()
+            self.stage.preparing()
         elif isinstance(action, CheckDisk):
-            records, checked = self.sensors.disk()
+            records, checked = self.stage.disk()
             self._record_all(records)
             return checked
         elif isinstance(action, DumpStacks):
@@ -291,8 +297,8 @@ class Runner:
             proc.kill()
 
     def _start_dump(self) -> None:
-        attempt, out = self.sensors.attempt, self.sensors.stall_dump_path()
-        marker = str(self.layout.fold_dir)
+        attempt, out = self.stage.attempt, self.stage.stall_dump_path()
+        marker = str(self.stage.work_dir)
         self._held = []
 
         def dump() -> StacksDumped:
@@ -305,12 +311,10 @@ class Runner:
     # ---- launching ----
 
     def _spawn(self, action: Spawn) -> Event:
-        logs_before = set(self.layout.training_logs())
-        log_path = self.layout.attempt_log(action.attempt)
+        log_path = self.files.attempt_log(action.attempt)
         try:
-            argv = build_argv(self.ctx, trainer_command(self.ctx), action.resume, action.pretrained, action.validate)
-            env = build_env(self.ctx, action.attempt)
-            sized = self.sized
+            argv, env = self.stage.command(action)
+            sized = self.stage.sized
             env.update(sized)  # fitted to this allocation, never over a variable the user set
             env.update(action.env)  # the remedies in effect (the Decider chose them; user settings were respected)
             with open(log_path, "a") as f:
@@ -319,14 +323,11 @@ class Runner:
                     f.write(f"# nnunet-supervise sized to the allocation: {var}={value}\n")
                 for var, value in action.env:
                     f.write(f"# nnunet-supervise remedy in effect: {var}={value}\n")
-            proc = self.ops.spawn(argv, env, log_path, self.layout.fold_dir)
+            proc = self.ops.spawn(argv, env, log_path, self.stage.work_dir)
         except (OSError, LaunchError) as exc:
             return LaunchFailed(str(exc))
         self.proc = proc
-        resumed = action.resume and not action.validate
-        self.sensors.launched(action.attempt, logs_before, self.clock(),
-                              self.launcher.expect_epoch if resumed else None, proc.pid, validate=action.validate,
-                              resumed_from=self.launcher.resumed_from if action.resume else None)
+        self.stage.launched(action, proc.pid, self.clock())
         threading.Thread(target=self._wait_for, args=(proc,), name=f"wait-attempt-{action.attempt}",
                          daemon=True).start()
         return Launched(proc.pid, tuple(argv), action.resume, action.validate, tuple(sorted(sized.items())))
@@ -342,9 +343,11 @@ class Runner:
     # ---- the GPU ----
 
     def _start_gpu_monitor(self) -> None:
-        nn = self.ctx.config.nnunet
-        visible = nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
-        self.gpu, line = monitor_for_run(nn.device, visible, nn.num_gpus, self.queue.put_gpu_report)
+        request = self.stage.gpu_request()
+        if request is None:
+            return
+        device, visible, num_gpus = request
+        self.gpu, line = monitor_for_run(device, visible, num_gpus, self.queue.put_gpu_report)
         log.info("%s", line)
         if self.gpu is not None:
             self.gpu.start()
@@ -366,13 +369,14 @@ class Runner:
         We terminate it rather than adopt it: a process we did not spawn cannot be wait()ed for, so its
         exit status (and with it the classification of its failure) would be lost.
         """
-        marker = str(self.layout.fold_dir)
+        marker = str(self.stage.work_dir)
         pids = self.ops.tree(marker)
         if not pids:
             return
-        log.warning("a trainer of this run is still alive without a supervisor (pids %s, previous supervisor "
-                    "pid %s); stopping it before resuming", pids, previous.get("supervisor_pid"))
-        stopped = self.ops.stop_tree(marker, self.ctx.config.process.stop_grace_s)
+        log.warning("a %s of this run is still alive without a supervisor (pids %s, previous supervisor "
+                    "pid %s); stopping it before resuming", self.stage.words.process, pids,
+                    previous.get("supervisor_pid"))
+        stopped = self.ops.stop_tree(marker, self.stage.config.process.stop_grace_s)
         self._record(Record("orphan_stopped", {"pids": sorted({*pids, *stopped}), "previous_pid": previous.get("pid")}))
 
     def _ensure_stopped(self) -> None:
@@ -381,22 +385,30 @@ class Runner:
         if proc is not None and proc.wait(0) is None:
             log.warning("stopping trainer pid %d on the way out", proc.pid)
             proc.terminate()
-            if proc.wait(self.ctx.config.process.stop_grace_s) is None:
+            if proc.wait(self.stage.config.process.stop_grace_s) is None:
                 proc.kill()
-        self.ops.stop_tree(str(self.layout.fold_dir), self.leftover_grace_s, pgid=proc.pid if proc else None)
+        self.ops.stop_tree(str(self.stage.work_dir), self.leftover_grace_s, pgid=proc.pid if proc else None)
 
     # ---- state.json ----
 
     def _persist(self, s: LoopState) -> None:
         self._last_state = s
         proc = self.proc
-        sensors = self.sensors
         facts = Facts(
-            pid=proc.pid if proc else None, pid_create_time=proc.create_time if proc else None,
-            epoch=sensors.epoch_now, num_epochs=sensors.total_epochs(), epoch_times=sensors.recent_epoch_times(),
-            attempt_status=sensors.attempt_status(self.clock()) if proc else None, memory=self.launcher.memory,
-            max_restarts=self.decider.policy.max_restarts, fold_dir=str(self.layout.fold_dir),
-            config=str(self.ctx.config_path), started_ts=self._started_ts, slurm_job_id=self._slurm_job,
-            main_loop_max_gap_s=self.main_loop_max_gap_s, verified_ahead=self.launcher.verified_ahead)
+            stage_name=self.stage.name, pid=proc.pid if proc else None,
+            pid_create_time=proc.create_time if proc else None, max_restarts=self.decider.policy.max_restarts,
+            config=str(self.stage.config_path), started_ts=self._started_ts, slurm_job_id=self._slurm_job,
+            main_loop_max_gap_s=self.main_loop_max_gap_s, stage=self.stage.facts(self.clock(), proc is not None))
         self.publisher.publish(s, facts, self.clock(), self.wall())
 
+
+class Runner(Engine):
+    """The engine running one fold's training (`run CONFIG`)."""
+
+    def __init__(self, ctx: RunContext, *, spawn: Spawner | None = None, ops: ProcessOps | None = None,
+                 sized: dict[str, str] | None = None, **kwargs: Any) -> None:
+        ops = ops or ProcessOps(spawn, log_cap=ctx.config.process.attempt_log_max_bytes)
+        queue = Inbox()
+        self.ctx = ctx
+        self.training = TrainingStage(ctx, ops, lambda item: queue.put(StageNews(item)), sized)
+        super().__init__(self.training, ops, queue=queue, **kwargs)

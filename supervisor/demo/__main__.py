@@ -16,11 +16,11 @@ from typing import Any
 
 from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
-from supervisor.daemon.traininglog import read_progress
 from supervisor.demo.dataset import make_dataset
 from supervisor.demo.runyaml import write_demo_config
 from supervisor.rundir.eventlog import read_events
 from supervisor.rundir.statefile import StateStore
+from supervisor.stages.training.traininglog import read_progress
 
 KILL_AT_EPOCH = 5
 COMMENT = """A supervised nnU-Net training of the tiny demo dataset on the CPU: the demo trainer trains

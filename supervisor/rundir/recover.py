@@ -18,7 +18,7 @@ from typing import Any
 
 from supervisor.core.messages import Record
 from supervisor.fileread import kind_of
-from supervisor.layout import RunLayout
+from supervisor.layout import RunFiles
 from supervisor.rundir.eventlog import read_events
 from supervisor.rundir.statefile import StateStore
 
@@ -27,7 +27,7 @@ log = logging.getLogger("nnunet_supervise")
 ATTEMPT_LOG = re.compile(r"^attempt-(\d+)\.log$")
 
 
-def own_files(layout: RunLayout) -> list[Path]:
+def own_files(layout: RunFiles) -> list[Path]:
     return [layout.state_file, layout.events_file, layout.heartbeat_file, layout.lock_file,
             layout.supervisor_dir / "network-shapes.json", layout.supervisor_dir / "settings.json"]
 
@@ -51,7 +51,7 @@ def set_aside(path: Path, why: str) -> Path | None:
     return dst
 
 
-def set_aside_wrong_kinds(layout: RunLayout) -> list[Record]:
+def set_aside_wrong_kinds(layout: RunFiles) -> list[Record]:
     """Our files that are there but are not regular files, moved aside (before anything opens them)."""
     records = []
     for path in own_files(layout):
@@ -82,7 +82,7 @@ def rebuilt_from(events: list[dict[str, Any]], attempt_logs: list[int]) -> dict[
     return out
 
 
-def previous_state(layout: RunLayout) -> tuple[dict[str, Any], list[Record]]:
+def previous_state(layout: RunFiles) -> tuple[dict[str, Any], list[Record]]:
     """The previous supervisor's state.json as far as it can be read, completed from events.jsonl and the attempt
     logs; the records say what was moved aside."""
     reading = StateStore(layout.state_file).read()

@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
-from supervisor.daemon.traininglog import read_progress
+from supervisor.stages.training.traininglog import read_progress
 from tests.conftest import DEMO_TRAINERS, copy_run, events_of, supervise
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 from supervisor.checkpoints.meta import read_meta
 from supervisor.context import RunContext
 from supervisor.daemon.process import marked_processes
-from supervisor.daemon.traininglog import read_progress
+from supervisor.stages.training.traininglog import read_progress
 from tests.conftest import events_of, state_of, supervise, wait_for
 
 pytestmark = pytest.mark.integration

@@ -266,7 +266,7 @@ def test_cooperative_stop_asks_the_trainer_to_save_and_exits_75(tmp_path: Path) 
 
 def test_a_full_disk_waits_for_space_then_relaunches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     free = iter([0, 0, 10**15])
-    monkeypatch.setattr("supervisor.daemon.sensors.free_bytes", lambda folder: next(free))
+    monkeypatch.setattr("supervisor.stages.training.sensors.free_bytes", lambda folder: next(free))
     ctx = make_ctx(tmp_path, [{"epochs": [0, 2], "outcome": "disk_full"}, {"epochs": [2, 4], "outcome": "finish"}],
                    cooperative={"enabled": True})
     r = Runner(ctx, spawn=fake_spawn, tick_s=0.05, leftover_grace_s=1.0)

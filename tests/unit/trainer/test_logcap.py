@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.daemon.process import TrainerProcess, wait_until
-from supervisor.daemon.traininglog import read_tail
+from supervisor.stages.training.traininglog import read_tail
 from supervisor.trainer.protocol import MARKER_VAR
 
 pytestmark = pytest.mark.process

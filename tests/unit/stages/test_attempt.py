@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from supervisor.core.stall import StallRules
-from supervisor.daemon.attempt import AttemptWatch
-from supervisor.daemon.traininglog import LogProgress
 from supervisor.layout import RunLayout
+from supervisor.stages.training.attempt import AttemptWatch
+from supervisor.stages.training.traininglog import LogProgress
 
 AUTO = StallRules(startup_grace_s=100, stall_timeout_s=None, floor_s=10, auto_factor=3, validation_grace_s=500)
 

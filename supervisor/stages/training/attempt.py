@@ -17,9 +17,9 @@ from pathlib import Path
 
 from supervisor.core.classify import SHM_ERROR
 from supervisor.core.stall import RECENT_EPOCHS, AttemptPhase, StallRules, StallWatch
-from supervisor.daemon.traininglog import LogFollower, LogProgress, read_tail
 from supervisor.fileread import read_bytes
 from supervisor.layout import CHECKPOINT_NAMES, RunLayout
+from supervisor.stages.training.traininglog import LogFollower, LogProgress, read_tail
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,32 @@
 """What the supervisor sees, turned into events for the lifecycle and records for events.jsonl.
 
-Sensors only read (nnU-Net's logs and checkpoints, the attempt log, the battery, the free space, the process
+Sensors only read (nnU-Net's logs and checkpoints, the attempt log, the free space, the process
 table); the rules that say what a reading means are pure (supervisor.core) and the runner acts on the result.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.checkpoints.meta import resume_point
 from supervisor.checkpoints.space import free_bytes, human, needed_bytes
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.context import RunContext
 from supervisor.core.causes import Evidence
-from supervisor.core.messages import Begin, ChildExited, DiskChecked, Event, Record
-from supervisor.core.power import BatteryReading, BatteryWatch, power_outcome
+from supervisor.core.messages import Begin, ChildExited, DiskChecked, Record
 from supervisor.core.rules import DiskWatch, Every, alarm_event, attempt_phase, resume_check
 from supervisor.core.stall import StallRules
-from supervisor.daemon.attempt import AttemptWatch
-from supervisor.daemon.process import ProcessOps
-from supervisor.daemon.traininglog import read_tail
 from supervisor.evidence.collect import AttemptEvidence
 from supervisor.observe.progress import num_epochs
+from supervisor.stages.stage import Look
+from supervisor.stages.training.attempt import AttemptWatch
+from supervisor.stages.training.traininglog import read_tail
+
+if TYPE_CHECKING:
+    from supervisor.daemon.process import ProcessOps
 
 log = logging.getLogger("nnunet_supervise")
 
@@ -33,29 +34,16 @@ EVIDENCE_SAMPLE_S = 2.0  # how often the tree's memory is sampled (a few /proc r
 NO_CHECKPOINT_WARNING = "Cannot continue training because there seems to be no checkpoint"
 
 
-@dataclass
-class Look:
-    """One look at the running attempt (and the battery): what the lifecycle must hear, and what to record."""
-
-    events: list[Event] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)  # checkpoints (re)written: verify them ahead
-    epoch_changed: bool = False
-
-
 class Sensors:
-    """Facts about one run, for the runner: its begin, its running attempt, its end, the battery and the disk."""
+    """Facts about one fold, for the training stage: its begin, its running attempt, its end and the disk."""
 
-    def __init__(self, ctx: RunContext, ops: ProcessOps, battery: Callable[[], BatteryReading | None],
-                 epoch_times: list[float]) -> None:
-        self.ctx, self.layout, self.ops, self.battery = ctx, ctx.layout, ops, battery
+    def __init__(self, ctx: RunContext, ops: ProcessOps, epoch_times: list[float]) -> None:
+        self.ctx, self.layout, self.ops = ctx, ctx.layout, ops
         cfg = ctx.config
         hb = cfg.heartbeat
         self.rules = StallRules(startup_grace_s=hb.startup_grace_s, floor_s=hb.stall_floor_s,
                                 validation_grace_s=hb.validation_grace_s,
                                 stall_timeout_s=None if hb.stall_timeout_s == "auto" else float(hb.stall_timeout_s))
-        self.power = BatteryWatch(cfg.power.battery_stop_percent)
-        self.power_every = Every(cfg.power.check_every_s)
         self.disk_watch = DiskWatch()
         self.store = CheckpointStore(self.layout, cfg.checkpoint.snapshots)
         self.watch: AttemptWatch | None = None
@@ -70,6 +58,7 @@ class Sensors:
         self._resume_settled = True
         self._num_epochs: int | None = None
         self._resumed_from: str | None = None
+        self.written: list[Path] = []  # checkpoints (re)written since the stage last took them
 
     def carry_epoch_times(self, times: object) -> None:
         """What the previous supervisor learned about this run's pace (state.json's epoch_times; what is not a
@@ -124,15 +113,8 @@ class Sensors:
     # ---- while it runs ----
 
     def look(self, now: float) -> Look:
-        """Poll the battery (when due) and the running attempt's files."""
+        """Poll the running attempt's files."""
         look = Look()
-        if self.power_every.due(now):
-            notices = self.power.observe(self.battery())
-            for n in notices:
-                log.warning("%s", n.message)
-            look.records, stop = power_outcome(notices)
-            if stop is not None:
-                look.events.append(stop)
         watch = self.watch
         if watch is None or not self.running:
             return look
@@ -140,11 +122,11 @@ class Sensors:
             self.evidence.sample()  # the tree's memory, and its pids for the kernel log's "Killed process" lines
         before = self.epoch_now
         self._attempt_epochs()
-        look.epoch_changed = self.epoch_now != before
+        look.changed = self.epoch_now != before
         if not self._resume_settled:
             self._check_resumed(look)
         alarm = watch.poll(now)
-        look.written, watch.written = watch.written, []
+        self.written, watch.written = [*self.written, *watch.written], []  # verify them ahead
         if alarm is not None:
             fields = self._stall_facts(watch) if alarm.kind == "stall" else {}
             look.events.append(alarm_event(alarm.kind, alarm.message, fields))

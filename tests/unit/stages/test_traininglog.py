@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.daemon.traininglog import LogFollower, LogProgress, read_progress, read_tail
+from supervisor.stages.training.traininglog import LogFollower, LogProgress, read_progress, read_tail
 
 
 def line(time: str, text: str) -> str:
