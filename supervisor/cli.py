@@ -163,6 +163,37 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
 
 @main.command()
 @CONFIG_ARG
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--deep", is_flag=True, help="At the end, decompress every preprocessed case (slower) to verify it.")
+def preprocess(config: Path, verbose: bool, deep: bool) -> None:
+    """Plan and preprocess the dataset for the configurations the file names (a run.yaml: its configuration; an
+    experiment: its configurations), supervised: progress in cases written, stalls, OOM -> fewer processes, and a
+    relaunch that keeps every case already written. Ends by verifying every training case of every configuration.
+
+    Exit codes: 0 complete and verified, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped.
+    """
+    from supervisor.daemon.process import ProcessOps
+    from supervisor.daemon.runner import Engine
+    from supervisor.stages.preprocessing.context import PreprocessContext
+    from supervisor.stages.preprocessing.stage import PreprocessingStage
+
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    try:
+        pctx = PreprocessContext.load(config, _document(config))
+        ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
+        code = Engine(PreprocessingStage(pctx, ops, deep=deep), ops).run()
+    except SupervisorError as exc:
+        _fail(exc)
+    except Exception:  # a bug of ours must not read as "gave up" (1)
+        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
+        sys.exit(ExitCode.CRASHED)
+    sys.exit(code)
+
+
+@main.command()
+@CONFIG_ARG
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the timeline picture (PNG) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")

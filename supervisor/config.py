@@ -229,6 +229,31 @@ class RemediesSection(_Section):
     fit_allocation: bool = True
 
 
+class PreprocessSection(_Section):
+    """`nnunet-supervise preprocess`: nnU-Net's planning and preprocessing, supervised (extension)."""
+
+    # null: the run's configuration, or the experiment's configurations (nnU-Net's 2d 3d_fullres 3d_lowres when the
+    # experiment names none); one that the plans do not have is skipped, as nnU-Net does
+    configurations: Union[list[str], None] = None
+    planner: str = "ExperimentPlanner"  # -pl: the planner that writes nnunet.plans (nnUNetPlans for this one)
+    num_processes: Union[int, None] = Field(None, ge=1)  # -np; null: nnU-Net's 4, fitted to this allocation
+    verify_dataset_integrity: bool = True
+    # the learned allowance between two cases written never goes below this (cases differ in size a lot)
+    stall_floor_s: float = Field(600.0, gt=0)
+    # fingerprint and planning report nothing until they are done
+    step_grace_s: float = Field(3600.0, gt=0)
+
+    @field_validator("configurations")
+    @classmethod
+    def _known_names(cls, v: Union[list[str], None]) -> Union[list[str], None]:
+        if v is not None:
+            if not v:
+                raise ValueError("an empty list preprocesses nothing; leave it out (null) or name configurations")
+            for c in v:
+                check_configuration(c)
+        return v
+
+
 class RunSections(_Section):
     """Everything of a run.yaml but its nnunet section: shared by a fold's run.yaml and an experiment file (where
     it is the default for every fold)."""
@@ -243,6 +268,7 @@ class RunSections(_Section):
     metrics: MetricsSection = MetricsSection()
     notify: NotifySection = NotifySection()
     remedies: RemediesSection = RemediesSection()
+    preprocess: PreprocessSection = PreprocessSection()
 
 
 def check_cooperative(cooperative: CooperativeSection, nnunet: NnunetCommon) -> None:

@@ -64,6 +64,7 @@ class ExperimentSection(_Section):
     devices: DevicesSection = DevicesSection()
     find_best: bool = True  # nnUNetv2_find_best_configuration once every fold finished
     npz: bool = True  # pass --npz to every fold so that find_best can ensemble configurations
+    preprocess: bool = False  # extension: nnunet-supervise preprocess first (a complete, verified dataset is skipped)
     fold_restarts: int = Field(3, ge=0)  # extension: a fold supervisor that crashed (exit 70) is started again
 
     @field_validator("configurations")

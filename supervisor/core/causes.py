@@ -122,5 +122,7 @@ def find_cause(kind: str, returncode: int, ev: Evidence) -> Cause | None:
                 and ev.shm_size_bytes is not None):
             return Cause(SHM_EXHAUSTED, "augmentation workers died with /dev/shm full: " + _shm_story(ev), seen)
         looked = "no OOM kill seen" if ev.kernel_log or ev.oom_kills is not None else "the kernel log was not readable"
-        return Cause(WORKERS_DIED, f"nnU-Net's augmentation workers died ({looked})", seen)
+        who = "preprocessing workers" if ev.phase in ("fingerprint", "planning", "preprocessing") else \
+            "augmentation workers"
+        return Cause(WORKERS_DIED, f"nnU-Net's {who} died ({looked})", seen)
     return None

@@ -69,8 +69,10 @@ RULES: tuple[_Rule, ...] = (
           r"^torch\._(dynamo|inductor)\.exc\.\w+|^(InductorError|BackendCompilerFailed)\b|"
           r"^triton\.\S*Error",
           "torch.compile failed"),
-    _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed",
-          "nnU-Net's data augmentation workers died (often the kernel's OOM killer)"),
+    # nnU-Net's preprocessing (and our resumable shim, which keeps its check) says "6 feet under" for a dead worker
+    _rule("workers_died", True, r"[Bb]ackground workers are no longer alive|DataLoader worker .* killed|"
+          r"[Ss]ome background worker is 6 feet under",
+          "nnU-Net's worker processes died (often the kernel's OOM killer)"),
     _rule("corrupt_checkpoint", False,
           r"PytorchStreamReader failed reading zip archive|failed finding central directory|"
           r"EOFError: Ran out of input|UnpicklingError",

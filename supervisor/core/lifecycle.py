@@ -82,6 +82,7 @@ class Words:
     # how a relaunch resumes, by whether the failure came after the stage's last step (training: its final validation)
     relaunch: Callable[[bool], str] = field(default=lambda late: RELAUNCH[late])
     no_progress: str = "no epoch progress"
+    finished: str = "training and validation finished"  # the summary of an exit that finished the stage
 
 
 TRAINING_WORDS = Words()
@@ -328,6 +329,8 @@ class Decider:
     def _exited(self, s: LoopState, ev: ChildExited, now: float,
                 c: Classification | None = None) -> tuple[LoopState, list[Action]]:
         c = c or classify_exit(ev.returncode, ev.log_tail, ev.finished)
+        if c.kind == "finished":
+            c = replace(c, summary=self.words.finished)
         cause = None if c.kind in NOT_FAILURES else find_cause(c.kind, ev.returncode, ev.evidence)
         last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary, cause)
         progressed = ev.epochs_completed > s.best_epoch

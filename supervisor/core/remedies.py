@@ -2,7 +2,8 @@
 at the machine would, and say so.
 
     host_oom, workers_died, shm_exhausted -> nnUNet_n_proc_DA halved (from what nnU-Net would use here) to a floor;
-                                             in the final validation, nnUNet_def_n_proc (its export pool) halved
+                                             in the final validation, nnUNet_def_n_proc (its export pool) halved;
+                                             in preprocessing, its -np (NNUNET_SUPERVISE_PREPROCESS_NP) halved
     weights_only_load                     -> TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, only where our own safe load of the
                                              very checkpoint the trainer refused had passed
     compile_error                         -> nnUNet_compile=f
@@ -27,6 +28,11 @@ from supervisor.trainer.protocol import BATCH_SIZE_VAR
 
 WORKERS_VAR = "nnUNet_n_proc_DA"
 EXPORT_VAR = "nnUNet_def_n_proc"  # nnU-Net's default process count: the final validation's export pool (8)
+# the supervised preprocessing's -np (our shim, supervisor.trainer.preprocess, reads it): its pool of workers
+PREPROCESS_VAR = "NNUNET_SUPERVISE_PREPROCESS_NP"
+NNUNET_DEFAULT_PREPROCESS = 4  # nnUNetv2_plan_and_preprocess's -np for 3d_fullres, 2.8 (8 for 2d and 3d_lowres)
+# where a preprocessing fails: its pool is what holds memory in each
+PREPROCESS_PHASES = ("fingerprint", "planning", "preprocessing")
 NNUNET_DEFAULT_EXPORT = 8  # nnunetv2/configuration.py, 2.8
 WEIGHTS_VAR = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 COMPILE_VAR = "nnUNet_compile"
@@ -52,7 +58,7 @@ ADVICE = {
 }
 
 
-REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR)
+REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR, PREPROCESS_VAR)
 
 
 def nnunet_default_workers(hostname: str, cpu_count: int) -> int:
@@ -110,6 +116,7 @@ class Setting:
     cooperative: bool = False
     batch_size: Union[int, None] = None  # the plans' batch size of this configuration
     default_export: int = NNUNET_DEFAULT_EXPORT  # the final validation's export processes without a remedy
+    default_preprocess: int = NNUNET_DEFAULT_PREPROCESS  # the preprocessing's processes without a remedy
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,11 @@ class Ladder:
         o = self.options
         if not o.enabled:
             return Keep("remedies are off (remedies.enabled: false)")
-        if cause in WORKER_CAUSES and phase == "validation":
+        if cause in WORKER_CAUSES and phase in PREPROCESS_PHASES:
+            step = self._halve(cause, PREPROCESS_VAR, self.setting.default_preprocess, 1, remedies, attempt, epoch,
+                               "preprocessing process(es)") if o.workers else \
+                Keep("fewer processes is off (remedies.workers: false)")
+        elif cause in WORKER_CAUSES and phase == "validation":
             step = self._halve(cause, EXPORT_VAR, self.setting.default_export, 1, remedies, attempt, epoch,
                                "export process(es) in the final validation") if o.workers else \
                 Keep("fewer processes is off (remedies.workers: false)")
@@ -264,7 +275,7 @@ class Ladder:
         if current is None:
             current = default
         if current <= floor:
-            key = "remedies.min_workers" if variable == WORKERS_VAR else "nnU-Net's export pool needs one"
+            key = "remedies.min_workers" if variable == WORKERS_VAR else "nnU-Net's pool needs one"
             return Keep(f"{variable} is {current} already ({key}: {floor})")
         new = max(floor, current // 2)
         if user is not None and not self.options.override_user:

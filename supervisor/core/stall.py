@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-AttemptPhase = Literal["startup", "training", "validation"]
+# a training's phases, then a preprocessing's (fingerprint and planning report nothing until done: the startup
+# allowance; each case written is progress, like an epoch)
+AttemptPhase = Literal["startup", "training", "validation", "fingerprint", "planning", "preprocessing"]
+PATIENT = ("startup", "fingerprint", "planning")
 RECENT_EPOCHS = 20  # epoch times remembered (state.json) for the auto timeout
 
 
@@ -41,13 +44,14 @@ class StallWatch:
     # cooperative mode: the longest silence between two heartbeats of the trainer (iterations, epoch ends with
     # their saves), once an epoch end is included; the auto timeout then scales with it instead of whole epochs
     beat_gap_s: float | None = None
+    unit: str = "epoch"  # what epoch_times measure, in the stall's words ("gap between cases" for preprocessing)
 
     def __post_init__(self) -> None:
         self.last_progress = self.launched_at
 
     def timeout_s(self) -> float:
         """The allowed silence in the current phase."""
-        if self.phase == "startup":
+        if self.phase in PATIENT:
             return self.rules.startup_grace_s
         if self.phase == "validation":
             return self.rules.validation_grace_s  # exactly as configured: the floor is for `auto` only
@@ -78,13 +82,18 @@ class StallWatch:
             self.epoch_times = [*self.epoch_times, seconds][-RECENT_EPOCHS:]
         self.progress(now, "epoch end", "training")
 
+    def paced(self, now: float, seconds: float, what: str, phase: AttemptPhase) -> None:
+        """A unit of work done that measures the pace (a preprocessed case: the time since the one before)."""
+        self.epoch_times = [*self.epoch_times, seconds][-RECENT_EPOCHS:]
+        self.progress(now, what, phase)
+
     def stalled(self, now: float) -> str | None:
         """None, or why this attempt counts as hung."""
         silent = now - self.last_progress
         if silent < self.timeout_s():
             return None
-        unit = "epoch" if self.beat_gap_s is None else "gap between heartbeats"
-        learned = ("" if self.phase != "training" or self.rules.stall_timeout_s is not None
+        unit = self.unit if self.beat_gap_s is None else "gap between heartbeats"
+        learned = ("" if self.phase not in ("training", "preprocessing") or self.rules.stall_timeout_s is not None
                    else f" (auto: {self.rules.auto_factor:g} x the longest recent {unit}, at least "
                         f"{self.rules.floor_s:g} s)")
         return (f"no progress for {silent:.0f} s in the {self.phase} phase (allowed {self.timeout_s():.0f} s"
