@@ -228,8 +228,8 @@ class Engine:
 
     def _child_gone(self, gone: ChildGone) -> Event:
         if gone.stopped:
-            log.info("stopped %d leftover process(es) of the %s's tree: %s", len(gone.stopped), self.stage.words.process,
-                     gone.stopped)
+            log.info("stopped %d leftover process(es) of the %s's tree: %s", len(gone.stopped),
+                     self.stage.words.process, gone.stopped)
         self._old_tree = {gone.proc.pid, *gone.stopped}
         self.proc = None
         self._held = None  # nothing left to signal

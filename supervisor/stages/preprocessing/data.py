@@ -4,7 +4,8 @@ relaunch so that the resumable shim redoes it (a case that has its .pkl, which t
 damaged; a torn fingerprint or plans file).
 
 nnU-Net 2.8 writes a case's arrays first and its .pkl last (DefaultPreprocessor.run_case_save), so a case without
-its .pkl is one the shim will write again; nothing of it is moved away.
+its .pkl is one the shim will write again (it moves the old arrays into supervisor/partial/ first: blosc2 does not
+write over a .b2nd).
 """
 
 from __future__ import annotations
