@@ -124,14 +124,20 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
     from supervisor.daemon.runner import Runner
     from supervisor.preflight import Report, cheap_checks
 
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    level = _logging(verbose)
     if fold is None and configuration is None and _experiment(config, "run"):
         from supervisor.experiment import commands
+        from supervisor.expfile import parse_experiment
 
+        spec = _experiment_command(parse_experiment, _document(config), str(config.resolve()))
+        if spec.experiment.preprocess:  # experiment.preprocess: the dataset first (done and verified: at once)
+            code = _run_preprocessing(config)
+            if code != ExitCode.FINISHED:
+                logging.getLogger("nnunet_supervise").error("the preprocessing ended with exit %d; no fold started",
+                                                            code)
+                sys.exit(code)
         try:
-            sys.exit(_experiment_command(commands.run, config, level))
+            sys.exit(_experiment_command(commands.run, config, level, _document(config)))
         except SystemExit:
             raise
         except Exception:  # a bug of ours: 70, which a systemd unit restarts (the folds train on meanwhile)
@@ -161,10 +167,45 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
     sys.exit(code)
 
 
+def _logging(verbose: bool) -> int:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    return level
+
+
+def _preprocessing(config: Path) -> Any:
+    """The preprocessing this file names (a PreprocessContext), or the ConfigError's message and exit 2."""
+    from supervisor.stages.preprocessing.context import PreprocessContext
+
+    try:
+        return PreprocessContext.load(config, _document(config))
+    except SupervisorError as exc:
+        _fail(exc)
+
+
+def _run_preprocessing(config: Path, deep: bool = False) -> int:
+    """The preprocessing stage on the engine, in this process: its exit code (SupervisorError -> message, exit)."""
+    from supervisor.daemon.process import ProcessOps
+    from supervisor.daemon.runner import Engine
+    from supervisor.stages.preprocessing.stage import PreprocessingStage
+
+    pctx = _preprocessing(config)
+    try:
+        ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
+        return Engine(PreprocessingStage(pctx, ops, deep=deep), ops).run()
+    except SupervisorError as exc:
+        _fail(exc)
+    except Exception:  # a bug of ours must not read as "gave up" (1)
+        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
+        sys.exit(ExitCode.CRASHED)
+    return ExitCode.CRASHED  # unreachable
+
+
 @main.command()
 @CONFIG_ARG
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.option("--deep", is_flag=True, help="At the end, decompress every preprocessed case (slower) to verify it.")
+@click.option("--deep", is_flag=True, help="Also decompress every preprocessed case (slower) to verify it.")
 def preprocess(config: Path, verbose: bool, deep: bool) -> None:
     """Plan and preprocess the dataset for the configurations the file names (a run.yaml: its configuration; an
     experiment: its configurations), supervised: progress in cases written, stalls, OOM -> fewer processes, and a
@@ -172,24 +213,8 @@ def preprocess(config: Path, verbose: bool, deep: bool) -> None:
 
     Exit codes: 0 complete and verified, 1 gave up, 2 bad config, 3 locked by another live supervisor, 75 stopped.
     """
-    from supervisor.daemon.process import ProcessOps
-    from supervisor.daemon.runner import Engine
-    from supervisor.stages.preprocessing.context import PreprocessContext
-    from supervisor.stages.preprocessing.stage import PreprocessingStage
-
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s nnunet-supervise[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    try:
-        pctx = PreprocessContext.load(config, _document(config))
-        ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
-        code = Engine(PreprocessingStage(pctx, ops, deep=deep), ops).run()
-    except SupervisorError as exc:
-        _fail(exc)
-    except Exception:  # a bug of ours must not read as "gave up" (1)
-        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
-        sys.exit(ExitCode.CRASHED)
-    sys.exit(code)
+    _logging(verbose)
+    sys.exit(_run_preprocessing(config, deep))
 
 
 @main.command()
@@ -426,12 +451,17 @@ def stop(config: Path, wait_s: float | None) -> None:
     """Ask the run's live supervisor to stop resumably (as SIGTERM does; for UPS hooks and people). 0 sent, 1 not."""
     from supervisor.observe.control import request_stop
 
+    stopped_preprocessing = _stop_preprocessing(config, wait_s)
     if _experiment(config, "stop"):
         from supervisor.experiment import commands
 
+        if stopped_preprocessing and not _plans_exist(config):
+            return  # the experiment has not begun (experiment.preprocess): nothing else runs
         try:
             commands.stop(config, wait_s)
         except SupervisorError as exc:
+            if stopped_preprocessing:
+                return
             click.echo(f"nnunet-supervise: {exc}", err=True)
             sys.exit(exc.exit_code if isinstance(exc, ConfigError) else 1)
         return
@@ -439,6 +469,8 @@ def stop(config: Path, wait_s: float | None) -> None:
     try:
         pid = request_stop(ctx, reason="nnunet-supervise stop", wait_s=wait_s)
     except SupervisorError as exc:
+        if stopped_preprocessing:
+            return
         click.echo(f"nnunet-supervise: {exc}", err=True)
         sys.exit(1)
     click.echo(f"asked supervisor pid {pid} to stop resumably{' ; it has exited' if wait_s is not None else ''}")
@@ -451,16 +483,87 @@ def status(config: Path, as_json: bool) -> None:
     """Show the run's state from its run directory (works while running and after)."""
     from supervisor.observe.status import gather, text
 
+    pre = _preprocess_state(config)
     if _experiment(config, "status"):
         from supervisor.experiment import commands
 
-        _experiment_command(commands.status, config, as_json)
+        if pre is not None and pre["state"] != "finished" and not _plans_exist(config):
+            # preprocessing first (experiment.preprocess): the experiment has nothing else to show yet
+            click.echo(json.dumps({"preprocessing": pre}, indent=2) if as_json else _preprocess_line(pre))
+            return
+        if pre is not None and not as_json:
+            click.echo(_preprocess_line(pre))
+        _experiment_command(commands.status, config, as_json, {"preprocessing": pre} if pre else {})
         return
     ctx = _load(config)
     layout = ctx.layout
     live = RunLock(layout.lock_file).is_held_elsewhere()
     info = gather(layout, live)
+    if pre is not None:
+        info["preprocessing"] = pre
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
+    if pre is not None:
+        click.echo(_preprocess_line(pre))
     click.echo(text(info, layout.fold_dir))
+
+
+def _stop_preprocessing(config: Path, wait_s: float | None) -> bool:
+    """Ask a live supervised preprocessing of this file's dataset to stop resumably; was one asked?"""
+    from supervisor.observe.control import request_stop
+    from supervisor.stages.preprocessing.context import PreprocessContext
+
+    try:
+        layout = PreprocessContext.load(config, _document(config)).layout
+    except SupervisorError:
+        return False
+    if not RunLock(layout.lock_file).is_held_elsewhere():
+        return False
+    try:
+        pid = request_stop(layout, reason="nnunet-supervise stop", wait_s=wait_s)
+    except SupervisorError as exc:
+        click.echo(f"nnunet-supervise: {exc}", err=True)
+        return False
+    click.echo(f"asked the preprocessing's supervisor pid {pid} to stop resumably"
+               + (" ; it has exited" if wait_s is not None else ""))
+    return True
+
+
+def _preprocess_state(config: Path) -> dict[str, Any] | None:
+    """Where a supervised preprocessing of this file's dataset stands (its state.json), or None: never run."""
+    from supervisor.rundir.statefile import StateStore
+    from supervisor.stages.preprocessing.context import PreprocessContext
+
+    try:
+        layout = PreprocessContext.load(config, _document(config)).layout
+    except SupervisorError:
+        return None  # no raw dataset or nnUNet_raw here: preprocessing is not this machine's business
+    doc = StateStore(layout.state_file).load()
+    if not doc:
+        return None
+    found = doc.get("preprocess")
+    pre: dict[str, Any] = found if isinstance(found, dict) else {}
+    return {"state": doc.get("state"), "live": RunLock(layout.lock_file).is_held_elsewhere(),
+            "attempt": doc.get("attempt"), "restarts": doc.get("restarts"), "step": doc.get("step"),
+            "cases_done": pre.get("cases_done"), "cases_total": pre.get("cases_total"),
+            "run_dir": str(layout.supervisor_dir)}
+
+
+def _preprocess_line(pre: dict[str, Any]) -> str:
+    done, total = pre.get("cases_done"), pre.get("cases_total")
+    cases = f"{done}/{total} cases" if total else f"{done or 0} cases"
+    step = f", {pre['step']}" if pre.get("step") and pre.get("state") != "finished" else ""
+    live = "" if pre.get("live") or pre.get("state") in ("finished", "failed", "stopped") else " (no supervisor)"
+    return (f"preprocessing: {pre.get('state')}{live}, attempt {pre.get('attempt')}, {cases}{step} "
+            f"({pre['run_dir']})")
+
+
+def _plans_exist(config: Path) -> bool:
+    from supervisor.experiment.context import ExperimentContext
+
+    try:
+        ExperimentContext.load(config, _document(config))
+    except SupervisorError:
+        return False
+    return True

@@ -275,8 +275,14 @@ def check_preprocessed(ctx: RunContext, report: Report, deep: bool = False) -> N
     if found.unchecked:
         report.notes.append(f"preprocessed data in {found.folder}: {found.unchecked}; not checked")
         return
-    fix = (f"Run `nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration} -plans_name {nn.plans}` again (it "
-           "deletes this configuration's folder and writes every case anew from nnUNet_raw)")
+    if ctx.paths.raw is not None and (ctx.paths.raw / ctx.dataset_name / "dataset.json").is_file():
+        # our supervised preprocessing sets a damaged case aside and makes only it again
+        fix = (f"`nnunet-supervise preprocess {ctx.config_path}` sets the damaged cases aside and preprocesses only "
+               f"them again from nnUNet_raw (`nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration} -plans_name "
+               f"{nn.plans}` would delete this configuration's folder and write every case anew)")
+    else:
+        fix = (f"Run `nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration} -plans_name {nn.plans}` again where "
+               "nnUNet_raw is (it deletes this configuration's folder and writes every case anew)")
     report.problems += found.lines(fix)
     if not found.problems:
         how = "decompressed" if deep else "headers, sizes and properties; `check --deep` decompresses them"

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,10 +66,10 @@ def checks(exp: ExperimentContext, deep: bool, data_deep: bool = False) -> Repor
     return report
 
 
-def run(path: Path, level: int) -> int:
+def run(path: Path, level: int, doc: Any = None) -> int:
     from supervisor.experiment.supervise import ExperimentSupervisor
 
-    exp = ExperimentContext.load(path)
+    exp = ExperimentContext.load(path, doc)
     report = checks(exp, deep=False)
     if not report.ok:
         raise ConfigError(report.problems, str(exp.config_path))
@@ -77,11 +78,11 @@ def run(path: Path, level: int) -> int:
     return ExperimentSupervisor(exp).run()
 
 
-def status(path: Path, as_json: bool) -> None:
+def status(path: Path, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     from supervisor.experiment.view import status as gather
     from supervisor.experiment.view import table
 
-    info = gather(ExperimentContext.load(path))
+    info = {**gather(ExperimentContext.load(path)), **(extra or {})}
     click.echo(json.dumps(info, indent=2, default=str) if as_json else table(info))
 
 

@@ -143,8 +143,8 @@ def _configurations(spec: ExperimentFile, dataset: Path) -> tuple[list[str], dic
     try:
         plans = json.loads(read_bytes(plans_file, 64 << 20, "plans file"))
     except (OSError, ValueError) as exc:
-        raise ConfigError([f"nnunet.plans: cannot read {plans_file} ({exc}); run nnUNetv2_plan_and_preprocess first"]
-                          ) from None
+        raise ConfigError([f"nnunet.plans: cannot read {plans_file} ({exc}); preprocess first: `nnunet-supervise "
+                           "preprocess FILE`, or experiment.preprocess: true makes `run` do it"]) from None
     available = plans_configurations(plans if isinstance(plans, dict) else {})
 
     def preprocessed(name: str) -> bool:
