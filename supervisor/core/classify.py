@@ -141,6 +141,10 @@ def _shim_line(log_tail: str, what: str) -> str:
     return what
 
 
+# the words of an exit 0 that did not finish (a stage other than training says its own: lifecycle.Words.incomplete)
+INCOMPLETE = "exited 0 but the fold has no checkpoint_final.pth and validation summary"
+
+
 def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classification:
     """Classify an exit from its return code, whether the fold is finished, and the end of its log."""
     if returncode == 0 and finished:
@@ -157,7 +161,7 @@ def classify_exit(returncode: int, log_tail: str, finished: bool) -> Classificat
         # exit a crash (nor does nnU-Net exit 0 after a failure of its own)
         detail = last_error_line(log_tail)
         return Classification("exited_without_final", True,
-                              "exited 0 but the fold has no checkpoint_final.pth and validation summary"
+                              INCOMPLETE
                               + (f" (the log's last error: {detail})" if detail else ""))
     if returncode == ExitCode.STOPPED and MARK in log_tail:
         return Classification("saved_and_exited", True, "the cooperative trainer saved and exited on a signal "

@@ -23,6 +23,9 @@ The lifecycle of one run, drawn once (README's copy is checked against this one 
     STOPPING ──StopRequested──▶ STOPPING            a recycle becomes a stop (75); a second request kills at once
     BACKOFF ──StopRequested──▶ STOPPED (75)   BACKOFF ──Abort──▶ FAILED (1)
     BACKOFF (disk full) ──deadline──▶ CheckDisk ──DiskChecked(short)──▶ BACKOFF ──DiskChecked(enough)──▶ STARTING
+    Every stage runs on this one drawing (supervisor/stages): the stage says what "finished" is (a fold: as above;
+    preprocessing: every case verified), what progress is (epochs; cases written) and how a relaunch resumes
+    (--c / --val; the cases not yet written).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from enum import Enum
 from typing import Any, Union
 
 from supervisor.core.causes import WEIGHTS_ONLY, Cause, find_cause
-from supervisor.core.classify import NOT_FAILURES, Classification, classify_exit, parse_state_dict_error
+from supervisor.core.classify import INCOMPLETE, NOT_FAILURES, Classification, classify_exit, parse_state_dict_error
 from supervisor.core.messages import (
     Abort,
     Action,
@@ -83,6 +86,7 @@ class Words:
     relaunch: Callable[[bool], str] = field(default=lambda late: RELAUNCH[late])
     no_progress: str = "no epoch progress"
     finished: str = "training and validation finished"  # the summary of an exit that finished the stage
+    incomplete: str = INCOMPLETE  # the summary of an exit 0 that did not finish it
 
 
 TRAINING_WORDS = Words()
@@ -331,6 +335,10 @@ class Decider:
         c = c or classify_exit(ev.returncode, ev.log_tail, ev.finished)
         if c.kind == "finished":
             c = replace(c, summary=self.words.finished)
+        elif c.kind == "exited_without_final":
+            c = replace(c, summary=c.summary.replace(INCOMPLETE, self.words.incomplete))
+        elif self.words.process != "trainer":  # the classifier's rules speak of nnU-Net's trainer
+            c = replace(c, summary=c.summary.replace("the trainer ", f"the {self.words.process} "))
         cause = None if c.kind in NOT_FAILURES else find_cause(c.kind, ev.returncode, ev.evidence)
         last, record = self._exit_record(s, ev, c.kind, c.retryable, c.summary, cause)
         progressed = ev.epochs_completed > s.best_epoch

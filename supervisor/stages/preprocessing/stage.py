@@ -58,7 +58,9 @@ WORDS = Words(process="preprocessing", done_already="the preprocessed data is co
               progress=lambda n: f"{n} case(s) preprocessed",
               relaunch=lambda late: "the cases not yet written (those written are kept)",
               no_progress="no new case preprocessed",
-              finished="every case of every configuration preprocessed and verified")
+              finished="every case of every configuration preprocessed and verified",
+              incomplete="exited 0 but the preprocessed data is not complete and verified (the log says what is "
+                         "missing)")
 
 
 def phase_of(step: str | None) -> AttemptPhase:
@@ -100,7 +102,8 @@ class PreprocessWatch:
 
     def poll(self, now: float, written: int) -> str | None:
         """Feed what is seen; why the attempt counts as stalled, once, or None."""
-        steps = _STEP_RE.findall(read_tail(self.log_path, 16 * 1024))
+        # the shim's own "error: ..." line is how it ended, not a step it is in
+        steps = [m for m in _STEP_RE.findall(read_tail(self.log_path, 16 * 1024)) if not m.startswith("error:")]
         step = steps[-1].strip() if steps else None
         if step is not None and step != self.step:
             self.step = step
