@@ -25,8 +25,20 @@ def _read(path: Path) -> int | None:
         return None
 
 
+_DONE: dict[Path, str] = {}  # per /proc entry: what protect_self said the first time in this process
+
+
 def protect_self(score: int = SUPERVISOR_SCORE, proc: Path = Path("/proc/self")) -> str:
-    """Lower our own oom_score_adj to `score`; returns what happened, in words (for the log and `check`)."""
+    """Lower our own oom_score_adj to `score`; returns what happened, in words (for the log and `check`). Once per
+    process: a second call (an experiment's preprocessing, then its folds, in one process) changes nothing, where it
+    would raise the children's score a second time."""
+    if proc in _DONE:
+        return _DONE[proc]
+    _DONE[proc] = said = _protect(score, proc)
+    return said
+
+
+def _protect(score: int, proc: Path) -> str:
     current = _read(proc / "oom_score_adj")
     if current is None:
         return "oom_score_adj not available here: the kernel's OOM killer may pick the supervisor"

@@ -183,9 +183,8 @@ class PreprocessingStage:
         p = self.pctx
         self.survey = data.survey(self.layout.dataset_dir, p.raw_dataset, p.config.nnunet.plans, p.configurations,
                                   self._plans)
-        if self._plans is None and self.survey.plans is not None and (self.watch is None or self.watch.step is None
-                                                                      or phase_of(self.watch.step) == "preprocessing"):
-            self._plans = self.survey.plans  # planned: the file is not rewritten from here on
+        if self._plans is None and self.survey.plans is not None:
+            self._plans = self.survey.plans  # readable plans are kept by the shim: read them once (a torn file resets)
         return self.survey
 
     def begin(self) -> Begin:

@@ -93,6 +93,21 @@ def test_a_process_we_start_is_set_back_to_the_score_we_were_started_with(tmp_pa
     assert (child / "oom_score_adj").read_text() == "0"
 
 
+def test_protecting_ourselves_twice_in_one_process_raises_nothing_twice(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # an experiment with experiment.preprocess runs the preprocessing's engine, then its folds, in one process
+    me = tmp_path / "self"
+    me.mkdir()
+    (me / "oom_score_adj").write_text("0\n")
+    (me / "oom_score_adj").chmod(0o444)  # as without CAP_SYS_RESOURCE: the children are raised instead
+    monkeypatch.delenv(CHILD_VAR, raising=False)
+    if os.geteuid() == 0:  # root writes a read-only file: make the write fail as it does in a container
+        monkeypatch.setattr(Path, "write_text", lambda *a, **k: (_ for _ in ()).throw(PermissionError()))
+    first = protect_self(proc=me)
+    assert "raised to 500" in first and os.environ[CHILD_VAR] == "500"
+    assert protect_self(proc=me) == first and os.environ[CHILD_VAR] == "500"
+
+
 def _memory_cgroup_root() -> Path | None:
     cg = memory_cgroup(os.getpid())
     if cg is None or not (cg.path / "memory.limit_in_bytes").exists() or os.geteuid() != 0:
