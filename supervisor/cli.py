@@ -219,6 +219,36 @@ def preprocess(config: Path, verbose: bool, deep: bool) -> None:
 
 @main.command()
 @CONFIG_ARG
+@click.option("-i", "input_dir", default=None, help="The input folder (instead of predict.input).")
+@click.option("-o", "output_dir", default=None, help="The output folder (instead of predict.output).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def predict(config: Path, input_dir: str | None, output_dir: str | None, verbose: bool) -> None:
+    """Predict the input folder with the run's model (nnUNetv2_predict), supervised: every output verified against
+    its input before each relaunch and at the end (a torn one is quarantined and predicted again), progress in cases
+    written, stalls, OOM -> fewer processes.
+
+    Exit codes: 0 every input case has a verified output, 1 incomplete, 2 bad config or input, 3 locked, 75 stopped.
+    """
+    from supervisor.daemon.process import ProcessOps
+    from supervisor.daemon.runner import Engine
+    from supervisor.stages.prediction.context import PredictContext
+    from supervisor.stages.prediction.stage import PredictionStage
+
+    _logging(verbose)
+    try:
+        pctx = PredictContext.load(config, _document(config), input_dir, output_dir)
+        ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
+        code = Engine(PredictionStage(pctx, ops), ops).run()
+    except SupervisorError as exc:
+        _fail(exc)
+    except Exception:  # a bug of ours must not read as "gave up" (1)
+        logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
+        sys.exit(ExitCode.CRASHED)
+    sys.exit(code)
+
+
+@main.command()
+@CONFIG_ARG
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the timeline picture (PNG) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
@@ -501,33 +531,52 @@ def status(config: Path, as_json: bool) -> None:
     info = gather(layout, live)
     if pre is not None:
         info["preprocessing"] = pre
+    pred = _predict_state(config)
+    if pred is not None:
+        info["predict"] = pred
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
     if pre is not None:
         click.echo(_preprocess_line(pre))
     click.echo(text(info, layout.fold_dir))
+    if pred is not None:
+        failed = f", failed: {', '.join(pred['cases_failed'])}" if pred["cases_failed"] else ""
+        click.echo(f"prediction: {pred['state']}{'' if pred['live'] else ' (no supervisor)'}, attempt "
+                   f"{pred['attempt']}, {pred['cases_done']}/{pred['cases_total']} cases{failed} ({pred['output']})")
 
 
 def _stop_preprocessing(config: Path, wait_s: float | None) -> bool:
-    """Ask a live supervised preprocessing of this file's dataset to stop resumably; was one asked?"""
+    """Ask a live supervised preprocessing or prediction of this file to stop resumably; was one asked?"""
+    from supervisor.config import parse_config
+    from supervisor.layout import PredictLayout, RunFiles
     from supervisor.observe.control import request_stop
     from supervisor.stages.preprocessing.context import PreprocessContext
 
+    layouts: list[tuple[str, RunFiles]] = []
     try:
-        layout = PreprocessContext.load(config, _document(config)).layout
+        layouts.append(("preprocessing", PreprocessContext.load(config, _document(config)).layout))
     except SupervisorError:
-        return False
-    if not RunLock(layout.lock_file).is_held_elsewhere():
-        return False
+        pass
     try:
-        pid = request_stop(layout, reason="nnunet-supervise stop", wait_s=wait_s)
-    except SupervisorError as exc:
-        click.echo(f"nnunet-supervise: {exc}", err=True)
-        return False
-    click.echo(f"asked the preprocessing's supervisor pid {pid} to stop resumably"
-               + (" ; it has exited" if wait_s is not None else ""))
-    return True
+        out = parse_config(_document(config), str(config)).predict.output
+        if out is not None:
+            layouts.append(("prediction", PredictLayout((config.resolve().parent / out).resolve())))
+    except SupervisorError:
+        pass
+    asked = False
+    for what, layout in layouts:
+        if not RunLock(layout.lock_file).is_held_elsewhere():
+            continue
+        try:
+            pid = request_stop(layout, reason="nnunet-supervise stop", wait_s=wait_s)
+        except SupervisorError as exc:
+            click.echo(f"nnunet-supervise: {exc}", err=True)
+            continue
+        click.echo(f"asked the {what}'s supervisor pid {pid} to stop resumably"
+                   + (" ; it has exited" if wait_s is not None else ""))
+        asked = True
+    return asked
 
 
 def _preprocess_state(config: Path) -> dict[str, Any] | None:
@@ -548,6 +597,31 @@ def _preprocess_state(config: Path) -> dict[str, Any] | None:
             "attempt": doc.get("attempt"), "restarts": doc.get("restarts"), "step": doc.get("step"),
             "cases_done": pre.get("cases_done"), "cases_total": pre.get("cases_total"),
             "run_dir": str(layout.supervisor_dir)}
+
+
+def _predict_state(config: Path) -> dict[str, Any] | None:
+    """Where the supervised prediction of this file's predict section stands (its state.json), or None."""
+    from supervisor.config import parse_config
+    from supervisor.layout import PredictLayout
+    from supervisor.rundir.statefile import StateStore
+
+    try:
+        cfg = parse_config(_document(config), str(config))
+    except SupervisorError:
+        return None
+    if cfg.predict.output is None:
+        return None
+    layout = PredictLayout((config.resolve().parent / cfg.predict.output).resolve())
+    doc = StateStore(layout.state_file).load()
+    if not doc:
+        return None
+    found = doc.get("predict")
+    pred: dict[str, Any] = found if isinstance(found, dict) else {}
+    failed = pred.get("cases_failed")
+    return {"state": doc.get("state"), "live": RunLock(layout.lock_file).is_held_elsewhere(),
+            "attempt": doc.get("attempt"), "restarts": doc.get("restarts"),
+            "cases_total": pred.get("cases_total"), "cases_done": pred.get("cases_done"),
+            "cases_failed": failed if isinstance(failed, list) else [], "output": str(layout.output)}
 
 
 def _preprocess_line(pre: dict[str, Any]) -> str:

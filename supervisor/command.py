@@ -13,15 +13,21 @@ from supervisor.errors import LaunchError
 from supervisor.trainer.protocol import ATTEMPT_VAR, HEARTBEAT_VAR, MARKER_VAR, SAVE_EVERY_EPOCHS_VAR, SAVE_EVERY_S_VAR
 
 
-def train_executable() -> str:
-    """nnUNetv2_train from the supervisor's own environment first (the venv it was installed into), then PATH."""
-    beside = Path(sys.executable).parent / "nnUNetv2_train"
+def nnunet_tool(name: str) -> str:
+    """One of nnU-Net's commands (nnUNetv2_train, nnUNetv2_predict, ...) from the supervisor's own environment first
+    (the venv it was installed into), then PATH."""
+    beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("nnUNetv2_train")
+    found = shutil.which(name)
     if found is None:
-        raise LaunchError("nnUNetv2_train not found beside this Python or on PATH; `pip install nnunetv2`")
+        raise LaunchError(f"{name} not found beside this Python or on PATH; `pip install nnunetv2`")
     return found
+
+
+def train_executable() -> str:
+    """nnUNetv2_train from the supervisor's own environment first, then PATH."""
+    return nnunet_tool("nnUNetv2_train")
 
 
 def trainer_command(ctx: RunContext) -> list[str]:

@@ -254,6 +254,59 @@ class PreprocessSection(_Section):
         return v
 
 
+# nnUNetv2_predict's own options (2.8) that are not the supervisor's: given whole, they are not one of ours run together
+PREDICT_KNOWN = frozenset({"-step_size", "--disable_tta", "--verbose", "-prev_stage_predictions",
+                           "--disable_progress_bar", "--not_on_device"})
+# nnUNetv2_predict's arguments the supervisor sets itself from the run and the predict section
+PREDICT_RESERVED = frozenset({"-i", "-o", "-d", "-p", "-tr", "-c", "-f", "-chk", "-device", "--continue_prediction",
+                              "--save_probabilities", "-num_parts", "-part_id", "-npp", "-nps"})
+
+
+class PredictSection(_Section):
+    """`nnunet-supervise predict`: nnUNetv2_predict for the run's model, supervised (contract: "Prediction")."""
+
+    input: Union[str, None] = None  # nnU-Net's input layout (CASE_0000.nii.gz, ...); relative to the config's folder
+    output: Union[str, None] = None
+    folds: Union[list[Union[int, Literal["all"]]], None] = None  # null: the run's fold
+    checkpoint: str = "checkpoint_final.pth"
+    save_probabilities: bool = False
+    # extension: passed to nnUNetv2_predict as they are (e.g. -step_size 0.5, --disable_tta: yours, never ours)
+    extra_args: list[str] = []
+    # extension: the least silence allowed between two cases written (auto: 2 x the longest recent gap)
+    stall_floor_s: float = Field(600.0, gt=0)
+
+    @field_validator("folds")
+    @classmethod
+    def _some_folds(cls, v: Union[list[Union[int, str]], None]) -> Union[list[Union[int, str]], None]:
+        if v is not None and not v:
+            raise ValueError("an empty list predicts with no fold; leave it out (null: the run's fold) or name folds")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _not_ours(cls, v: list[str]) -> list[str]:
+        # as argparse reads them: `-chk=NAME`, an abbreviated `--save_prob`, `-f0` name the same options
+        longs = [r for r in PREDICT_RESERVED if r.startswith("--")]
+        shorts = [r for r in PREDICT_RESERVED if not r.startswith("--")]
+        clash = sorted({t for t in v if t.startswith("-") and (
+            t.split("=", 1)[0] in PREDICT_RESERVED
+            or (t.startswith("--") and len(t.split("=", 1)[0]) > 2
+                and any(r.startswith(t.split("=", 1)[0]) for r in longs))
+            or (not t.startswith("--") and t not in PREDICT_KNOWN and any(
+                len(r) == 2 and t.startswith(r) for r in shorts)))})
+        if clash:
+            raise ValueError(f"arguments other than {', '.join(sorted(PREDICT_RESERVED))}: the supervisor sets those "
+                             f"from the run and the predict section ({', '.join(clash)} given)")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_name(cls, v: str) -> str:
+        if not v or "/" in v or not v.endswith(".pth"):
+            raise ValueError("a checkpoint file name in the fold folder, e.g. checkpoint_final.pth")
+        return v
+
+
 class RunSections(_Section):
     """Everything of a run.yaml but its nnunet section: shared by a fold's run.yaml and an experiment file (where
     it is the default for every fold)."""
@@ -269,6 +322,7 @@ class RunSections(_Section):
     notify: NotifySection = NotifySection()
     remedies: RemediesSection = RemediesSection()
     preprocess: PreprocessSection = PreprocessSection()
+    predict: PredictSection = PredictSection()
 
 
 def check_cooperative(cooperative: CooperativeSection, nnunet: NnunetCommon) -> None:

@@ -85,6 +85,21 @@ class PreprocessLayout(RunFiles):
 
 
 @dataclass(frozen=True)
+class PredictLayout(RunFiles):
+    """A supervised prediction: nnUNetv2_predict writes into `output`, our run directory is its `supervisor/`."""
+
+    output: Path
+
+    @property
+    def place(self) -> Path:
+        return self.output
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.output / "supervisor"
+
+
+@dataclass(frozen=True)
 class RunLayout(RunFiles):
     """Paths of one training run (dataset, trainer, plans, configuration, fold) under nnUNet_results."""
 

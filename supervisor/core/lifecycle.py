@@ -9,6 +9,7 @@ The lifecycle of one run, drawn once (README's copy is checked against this one 
       ──LaunchFailed──▶ FAILED (1)                  no valid or compatible checkpoint, the trainer cannot start
       ──StopRequested / Abort, then Prepared──▶ STOPPED (75) / FAILED (1), nothing launched
     RUNNING ──ChildExited──▶ FINISHED (0)           finished: checkpoint_final.pth and validation/summary.json
+            ──ChildExited(finished, failed)──▶ FAILED (1)  done but for what the stage set aside (named)
             ──ChildExited──▶ FAILED (1)             not retryable, restart budget spent, no progress in N attempts
             ──ChildExited──▶ BACKOFF ──deadline──▶ STARTING (--c)          retryable; Prepare starts verifying now
                 after checkpoint_final.pth (the validation phase) the relaunch is --val: no epoch trained again
@@ -344,6 +345,10 @@ class Decider:
         progressed = ev.epochs_completed > s.best_epoch
         s = replace(s, last_exit=last, best_epoch=max(s.best_epoch, ev.epochs_completed))
         head = f"attempt {s.attempt} exited: {c.summary}" + (f" [{cause.summary}]" if cause else "")
+        if c.kind == "finished" and ev.failed:
+            # RUNNING -> FAILED: everything else is done; what was set aside is named (a prediction's failed cases)
+            return self._give_up(s, "cases_failed", f"{head}, except {len(ev.failed)} set aside after failing on "
+                                 f"their own: {', '.join(ev.failed)} (events case_failed say why)", [record])
         if c.kind == "finished":
             # RUNNING -> FINISHED
             kept = dict(s.remedies.env)

@@ -153,6 +153,9 @@ class ChildExited:
     epochs_completed: int  # furthest epoch this attempt reached (log), or the checkpoint's
     evidence: Evidence = field(default_factory=Evidence)  # what the machine knew (OOM kills, /dev/shm, memory, phase)
     phase: str = "training"  # startup (no epoch began), training, validation (after checkpoint_final.pth)
+    # units of work the stage set aside for good (a prediction's cases that fail the predictor on their own): with
+    # `finished`, everything else is done and the run ends incomplete (exit 1), naming them
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

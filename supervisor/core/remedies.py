@@ -3,7 +3,8 @@ at the machine would, and say so.
 
     host_oom, workers_died, shm_exhausted -> nnUNet_n_proc_DA halved (from what nnU-Net would use here) to a floor;
                                              in the final validation, nnUNet_def_n_proc (its export pool) halved;
-                                             in preprocessing, its -np (NNUNET_SUPERVISE_PREPROCESS_NP) halved
+                                             in preprocessing, its -np (NNUNET_SUPERVISE_PREPROCESS_NP) halved;
+                                             in prediction, nnUNet_npp halved to 1, then nnUNet_nps
     weights_only_load                     -> TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, only where our own safe load of the
                                              very checkpoint the trainer refused had passed
     compile_error                         -> nnUNet_compile=f
@@ -33,6 +34,11 @@ PREPROCESS_VAR = "NNUNET_SUPERVISE_PREPROCESS_NP"
 NNUNET_DEFAULT_PREPROCESS = 4  # nnUNetv2_plan_and_preprocess's -np for 3d_fullres, 2.8 (8 for 2d and 3d_lowres)
 # where a preprocessing fails: its pool is what holds memory in each
 PREPROCESS_PHASES = ("fingerprint", "planning", "preprocessing")
+# nnUNetv2_predict's -npp (processes reading and preprocessing the cases) and -nps (exporting the segmentations),
+# read from these variables when the options are not given; 3 each in 2.8
+NPP_VAR, NPS_VAR = "nnUNet_npp", "nnUNet_nps"
+NNUNET_DEFAULT_NPP = NNUNET_DEFAULT_NPS = 3
+PREDICT_PHASES = ("prediction",)
 NNUNET_DEFAULT_EXPORT = 8  # nnunetv2/configuration.py, 2.8
 WEIGHTS_VAR = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 COMPILE_VAR = "nnUNet_compile"
@@ -58,7 +64,8 @@ ADVICE = {
 }
 
 
-REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR, PREPROCESS_VAR)
+REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR, PREPROCESS_VAR, NPP_VAR,
+               NPS_VAR)
 
 
 def nnunet_default_workers(hostname: str, cpu_count: int) -> int:
@@ -223,7 +230,10 @@ class Ladder:
         o = self.options
         if not o.enabled:
             return Keep("remedies are off (remedies.enabled: false)")
-        if cause in WORKER_CAUSES and phase in PREPROCESS_PHASES:
+        if cause in WORKER_CAUSES and phase in PREDICT_PHASES:
+            step = self._predictor(cause, remedies, attempt, epoch) if o.workers else \
+                Keep("fewer processes is off (remedies.workers: false)")
+        elif cause in WORKER_CAUSES and phase in PREPROCESS_PHASES:
             step = self._halve(cause, PREPROCESS_VAR, self.setting.default_preprocess, 1, remedies, attempt, epoch,
                                "preprocessing process(es)") if o.workers else \
                 Keep("fewer processes is off (remedies.workers: false)")
@@ -249,6 +259,15 @@ class Ladder:
             return Exhausted(f"{cause} again without progress after every remedy for it (remedies so far: "
                              f"{remedies.story()}); {step.message}. {ADVICE.get(cause, '')}".strip())
         return step
+
+    def _predictor(self, cause: str, remedies: Remedies, attempt: int, epoch: int) -> Outcome:
+        """nnUNetv2_predict's reading pool first (it holds whole cases), then its export pool, each down to 1."""
+        npp = _as_int(remedies.value(NPP_VAR) or self._user(NPP_VAR, remedies)) or NNUNET_DEFAULT_NPP
+        if npp > 1:
+            return self._halve(cause, NPP_VAR, NNUNET_DEFAULT_NPP, 1, remedies, attempt, epoch,
+                               "process(es) reading and preprocessing the cases")
+        return self._halve(cause, NPS_VAR, NNUNET_DEFAULT_NPS, 1, remedies, attempt, epoch,
+                           "process(es) exporting the segmentations")
 
     def _tried(self, cause: str, remedies: Remedies) -> bool:
         family = WORKER_CAUSES if cause in WORKER_CAUSES else (cause,)

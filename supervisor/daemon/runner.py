@@ -103,6 +103,7 @@ class Engine:
         self._started_ts = wall()
         self._last_step: float | None = None
         self.main_loop_max_gap_s = 0.0
+        self._settle_error: Exception | None = None  # from the waiting thread's stage.settle
 
     # ---- the loop ----
 
@@ -233,7 +234,12 @@ class Engine:
         self._old_tree = {gone.proc.pid, *gone.stopped}
         self.proc = None
         self._held = None  # nothing left to signal
-        return self.stage.exited(gone.returncode)
+        error, self._settle_error = self._settle_error, None
+        if error is not None:
+            raise error
+        event = self.stage.exited(gone.returncode)
+        self._record_all(self.stage.drain())
+        return event
 
     def _job_done(self, done: JobDone) -> Event:
         self.jobs.finished(done)
@@ -339,6 +345,10 @@ class Engine:
         assert returncode is not None
         self.queue.put(MainExited(proc))
         stopped = proc.stop_leftovers(self.leftover_grace_s)
+        try:
+            self.stage.settle(returncode)  # the slow look at what it left, here rather than on the main loop
+        except Exception as exc:  # a bug of ours: raised on the main thread (exit 70), never a loop left waiting
+            self._settle_error = exc
         self.queue.put(ChildGone(proc, returncode, stopped))
 
     # ---- the GPU ----

@@ -21,6 +21,8 @@ BAR = 24
 def status_text(s: dict[str, Any]) -> str:
     """One line: state, attempt, a bar of epochs done out of the trainer's total, ETA, checkpoint age."""
     parts = [f"{s['state']}", f"attempt {s['attempt']}"]
+    if "progress" in s:  # a stage other than training says its own (cases preprocessed, predicted)
+        return " · ".join([parts[0], str(s["progress"])])
     epoch, total = s.get("epoch"), s.get("num_epochs")
     if epoch is not None and total:
         done = min(max(epoch, 0), total)

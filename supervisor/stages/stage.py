@@ -5,7 +5,8 @@ The order in which the engine calls a stage, for one supervisor run:
 
     remember(previous state.json) -> begin() -> start()
     per attempt:   prepare(resume, ...) in a job thread -> applied(outcome) -> command(spawn) -> launched(...)
-                   look(now) on every tick and file change, until main_exited() and exited(returncode)
+                   look(now) on every tick and file change, until main_exited(), settle(returncode) (in the
+                   waiting thread, the tree gone), exited(returncode) and drain()
                    preparing() when a relaunch is decided (verification may start during the backoff)
     stop()
 """
@@ -100,8 +101,15 @@ class Stage(Protocol):
     def main_exited(self) -> None:
         """Its main process is gone (the tree is being stopped): no more alarms."""
 
+    def settle(self, returncode: int) -> None:
+        """In the thread that waited for it, once its tree is gone: the slow look at what it left (a verification
+        that reads every new output), so that `exited`, on the main thread, only decides."""
+
     def exited(self, returncode: int) -> ChildExited:
         """Its tree is gone: how the attempt ended (progress, "done", the evidence, the phase)."""
+
+    def drain(self) -> list[Record]:
+        """Records the stage has to write now (e.g. what it concluded about the attempt that ended)."""
 
     def stop_request(self, ev: StopRequested) -> StopRequested:
         """A stop arrived while its process runs: the stage may ask for a save first (cooperative training)."""

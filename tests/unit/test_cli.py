@@ -149,7 +149,7 @@ def test_schema_describes_every_section_strictly() -> None:
     doc = json.loads(result.output)
     assert doc["required"] == ["nnunet"]
     assert set(doc["properties"]) == {"nnunet", "paths", "restart", "process", "heartbeat", "checkpoint",
-                                      "cooperative", "power", "metrics", "notify", "remedies", "preprocess"}
+                                      "cooperative", "power", "metrics", "notify", "remedies", "preprocess", "predict"}
     assert all(d.get("additionalProperties") is False for d in doc["$defs"].values() if "properties" in d)
 
 

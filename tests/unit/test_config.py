@@ -11,7 +11,7 @@ from supervisor.config import Config, load_config, parse_config, resolve_paths, 
 from supervisor.errors import ConfigError
 
 TOP_KEYS = ("nnunet, paths, restart, process, heartbeat, checkpoint, cooperative, power, metrics, notify, remedies, "
-            "preprocess")
+            "preprocess, predict")
 NNUNET_KEYS = "dataset, configuration, fold, trainer, plans, device, num_gpus, trainer_paths, extra_args, env"
 RESTART_KEYS = "max_restarts, backoff_initial_s, backoff_max_s, max_attempts_without_progress, disk_check_s"
 

@@ -150,6 +150,7 @@ class PreprocessingStage:
         self._attempt = 0
         self._gaps: list[float] = []
         self._plans: dict[str, Any] | None = None  # read once the planning is done (it does not change after)
+        self._final: data.Verdict | None = None  # what settle() found once the attempt's tree was gone
 
     def _ladder(self, environ: Mapping[str, str]) -> Ladder | None:
         r = self.config.remedies
@@ -310,6 +311,13 @@ class PreprocessingStage:
         if self.watch is not None:
             self.watch.alarmed = True  # no alarm about a process that is gone
 
+    def settle(self, returncode: int) -> None:
+        """The final verification (every case read; --deep decompressed in a subprocess), off the main loop."""
+        self._final = self._verify() if returncode == 0 else data.Verdict(complete=False)
+
+    def drain(self) -> list[Record]:
+        return []
+
     def exited(self, returncode: int) -> ChildExited:
         watch, self.watch = self.watch, None
         phase: str = watch.stall.phase if watch is not None else "fingerprint"
@@ -318,7 +326,8 @@ class PreprocessingStage:
         evidence = self.evidence.finish(phase, None) if self.evidence is not None else Evidence()
         self.evidence = None
         done = self._look_at_data().cases_done
-        verdict = self._verify() if returncode == 0 else data.Verdict(complete=False)
+        verdict = self._final if self._final is not None else data.Verdict(complete=False)
+        self._final = None
         if returncode == 0 and not verdict.complete:
             for line in verdict.problems[:20]:
                 log.warning("after the preprocessing exited 0: %s", line)

@@ -1,0 +1,1 @@
+"""Prediction as a stage: nnUNetv2_predict over an input folder, every output verified against its input."""
