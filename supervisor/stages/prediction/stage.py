@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.checkpoints.space import free_bytes, human
 from supervisor.command import build_env, nnunet_tool
 from supervisor.config import Config
 from supervisor.core.causes import Evidence
@@ -40,13 +39,14 @@ from supervisor.core.messages import (
 from supervisor.core.poison import PoisonWatch, after_attempt
 from supervisor.core.remedies import Ladder, Outcome, Remedies, RemedyOptions, Setting, user_settings
 from supervisor.core.rules import DiskWatch, Every, alarm_event
-from supervisor.core.stall import StallRules, StallWatch
+from supervisor.core.stall import AttemptPhase, StallRules
 from supervisor.errors import ConfigError
 from supervisor.evidence.collect import AttemptEvidence
 from supervisor.fileread import read_bytes
 from supervisor.layout import RunFiles
 from supervisor.predicted.cases import OutputVerdict, VerdictCache, input_cases, output_files, segmentation_file
 from supervisor.predicted.verify import OutputCheckError, verify_outputs
+from supervisor.stages.cases import CaseWatch, carried_gaps, disk_check
 from supervisor.stages.prediction.context import PredictContext
 from supervisor.stages.stage import Look, PrepareJob
 from supervisor.stages.training.traininglog import read_tail
@@ -59,7 +59,6 @@ log = logging.getLogger("nnunet_supervise")
 
 _PREDICTING_RE = re.compile(r"^Predicting (\S+):$", re.MULTILINE)  # nnU-Net 2.8's line as it starts a case
 EVIDENCE_SAMPLE_S = 2.0
-SPACE_MARGIN = 1 << 30
 VERIFY_TIMEOUT_S = 3600.0
 
 WORDS = Words(process="predictor", done_already="every input case has a verified output; nothing to do",
@@ -79,35 +78,27 @@ class PredictLadder(Ladder):
         return super().next(cause, remedies, attempt, epoch, progressed, "prediction")
 
 
-class PredictWatch:
-    """Progress of one attempt: segmentations written and the case nnU-Net says it is on."""
+class PredictWatch(CaseWatch):
+    """An attempt of nnUNetv2_predict: the case it says it is on ("Predicting CASE:") and the segmentations written."""
+
+    working: AttemptPhase = "prediction"
 
     def __init__(self, log_path: Path, rules: StallRules, launched_at: float, gaps: list[float], written: int) -> None:
-        self.log_path = log_path
-        self.stall = StallWatch(rules, launched_at, list(gaps), phase="startup", unit="gap between cases")
-        self.written = written
-        self.case: str | None = None  # the case nnU-Net said it started last
-        self._last_at: float | None = None
-        self.alarmed = False
+        super().__init__(log_path, rules, launched_at, gaps, written, "startup")
 
-    def poll(self, now: float, written: int) -> str | None:
-        started = _PREDICTING_RE.findall(read_tail(self.log_path, 16 * 1024))
-        if started and started[-1] != self.case:
-            self.case = started[-1]
-            self.stall.progress(now, f"predicting {self.case}", "prediction")
-        if written > self.written:
-            if self._last_at is not None:  # the first output of an attempt carries the model's loading: not a pace
-                self.stall.paced(now, (now - self._last_at) / (written - self.written), f"{written} output(s)",
-                                 "prediction")
-            else:
-                self.stall.progress(now, f"{written} output(s)", "prediction")
-            self._last_at = now
-        self.written = written
-        if self.alarmed:
-            return None
-        why = self.stall.stalled(now)
-        self.alarmed = why is not None
-        return why
+    @property
+    def case(self) -> str | None:
+        return self.said
+
+    def latest(self, tail: str) -> str | None:
+        started = _PREDICTING_RE.findall(tail)
+        return started[-1] if started else None
+
+    def phase_of(self, said: str) -> AttemptPhase:
+        return "prediction"
+
+    def what(self, said: str) -> str:
+        return f"predicting {said}"
 
 
 class PredictionStage:
@@ -230,9 +221,7 @@ class PredictionStage:
     # ---- the run ----
 
     def remember(self, previous: dict[str, Any]) -> None:
-        gaps = previous.get("case_gaps")
-        self._gaps = [float(g) for g in gaps if isinstance(g, (int, float)) and not isinstance(g, bool)] \
-            if isinstance(gaps, list) else []
+        self._gaps = carried_gaps(previous)
 
     def begin(self) -> Begin:
         self.pctx.output.mkdir(parents=True, exist_ok=True)
@@ -384,14 +373,7 @@ class PredictionStage:
         return ev  # every output written is kept; a torn one is caught before the next launch
 
     def disk(self) -> tuple[list[Record], DiskChecked]:
-        folder = self.pctx.output
-        free, needed = free_bytes(folder), SPACE_MARGIN + (self.config.process.attempt_log_max_bytes or 0)
-        records = self.disk_watch.observe(free, needed, str(folder))
-        for r in records:
-            if r.event == "disk_full":
-                log.warning("waiting for disk space before relaunching: %s free, %s needed in %s", human(free),
-                            human(needed), folder)
-        return records, DiskChecked(free, needed)
+        return disk_check(self.pctx.output, self.config.process.attempt_log_max_bytes, self.disk_watch)
 
     # ---- what it says ----
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.checkpoints.space import free_bytes, human
 from supervisor.config import Config
 from supervisor.core.causes import Evidence
 from supervisor.core.lifecycle import Words
@@ -34,10 +33,11 @@ from supervisor.core.remedies import (
     user_settings,
 )
 from supervisor.core.rules import DiskWatch, Every, alarm_event
-from supervisor.core.stall import AttemptPhase, StallRules, StallWatch
+from supervisor.core.stall import AttemptPhase, StallRules
 from supervisor.evidence.allocation import read_allocation
 from supervisor.evidence.collect import AttemptEvidence
 from supervisor.layout import RunFiles
+from supervisor.stages.cases import CaseWatch, carried_gaps, disk_check
 from supervisor.stages.preprocessing import data
 from supervisor.stages.preprocessing.context import PreprocessContext
 from supervisor.stages.stage import Look, PrepareJob
@@ -52,7 +52,6 @@ log = logging.getLogger("nnunet_supervise")
 STEP = "nnunet-supervise preprocess: "
 _STEP_RE = re.compile(r"^nnunet-supervise preprocess: (.*)$", re.MULTILINE)
 EVIDENCE_SAMPLE_S = 2.0
-SPACE_MARGIN = 1 << 30  # room for the cases in flight and the logs, before a relaunch after a full disk
 
 WORDS = Words(process="preprocessing", done_already="the preprocessed data is complete and verified; nothing to do",
               progress=lambda n: f"{n} case(s) preprocessed",
@@ -86,41 +85,26 @@ def fitted_processes(config: Config, environ: Mapping[str, str]) -> tuple[dict[s
     return {PREPROCESS_VAR: str(n)}, f"-np {n} ({a.cpu_source})"
 
 
-class PreprocessWatch:
-    """Progress of one attempt: its step lines and the cases written; a stall once the silence outlasts the learned
-    gap between cases (or the allowance of a step that reports nothing until it is done)."""
+class PreprocessWatch(CaseWatch):
+    """An attempt of the shim: its step lines (fingerprint, planning, configuration ...) and the cases written."""
+
+    working: AttemptPhase = "preprocessing"
 
     def __init__(self, log_path: Path, rules: StallRules, launched_at: float, gaps: list[float],
                  written: int) -> None:
-        self.log_path = log_path
-        self.stall = StallWatch(rules, launched_at, list(gaps), phase="fingerprint", unit="gap between cases")
-        self.step: str | None = None
-        self.written = written  # cases written, as last seen
-        self.first_written = written
-        self._last_case_at: float | None = None
-        self.alarmed = False
+        super().__init__(log_path, rules, launched_at, gaps, written, "fingerprint")
 
-    def poll(self, now: float, written: int) -> str | None:
-        """Feed what is seen; why the attempt counts as stalled, once, or None."""
+    @property
+    def step(self) -> str | None:
+        return self.said
+
+    def latest(self, tail: str) -> str | None:
         # the shim's own "error: ..." line is how it ended, not a step it is in
-        steps = [m for m in _STEP_RE.findall(read_tail(self.log_path, 16 * 1024)) if not m.startswith("error:")]
-        step = steps[-1].strip() if steps else None
-        if step is not None and step != self.step:
-            self.step = step
-            self.stall.progress(now, step, phase_of(step))
-        if written > self.written:
-            if self._last_case_at is not None:  # the first case of an attempt carries its start-up: not a pace
-                self.stall.paced(now, (now - self._last_case_at) / (written - self.written),
-                                 f"{written} case(s) written", "preprocessing")
-            else:
-                self.stall.progress(now, f"{written} case(s) written", "preprocessing")
-            self._last_case_at = now
-        self.written = written
-        if self.alarmed:
-            return None
-        why = self.stall.stalled(now)
-        self.alarmed = why is not None
-        return why
+        steps = [m for m in _STEP_RE.findall(tail) if not m.startswith("error:")]
+        return steps[-1].strip() if steps else None
+
+    def phase_of(self, said: str) -> AttemptPhase:
+        return phase_of(said)
 
 
 class PreprocessingStage:
@@ -176,9 +160,7 @@ class PreprocessingStage:
     # ---- the run ----
 
     def remember(self, previous: dict[str, Any]) -> None:
-        gaps = previous.get("case_gaps")
-        self._gaps = [float(g) for g in gaps if isinstance(g, (int, float)) and not isinstance(g, bool)] \
-            if isinstance(gaps, list) else []
+        self._gaps = carried_gaps(previous)
 
     def _look_at_data(self) -> data.Survey:
         p = self.pctx
@@ -338,15 +320,7 @@ class PreprocessingStage:
         return ev  # no save to wait for: every case written is kept
 
     def disk(self) -> tuple[list[Record], DiskChecked]:
-        folder = self.layout.dataset_dir
-        cap = self.config.process.attempt_log_max_bytes or 0
-        free, needed = free_bytes(folder), SPACE_MARGIN + cap
-        records = self.disk_watch.observe(free, needed, str(folder))
-        for r in records:
-            if r.event == "disk_full":
-                log.warning("waiting for disk space before relaunching: %s free, %s needed in %s", human(free),
-                            human(needed), folder)
-        return records, DiskChecked(free, needed)
+        return disk_check(self.layout.dataset_dir, self.config.process.attempt_log_max_bytes, self.disk_watch)
 
     # ---- what it says ----
 

@@ -473,7 +473,7 @@ def test_the_first_output_of_an_attempt_teaches_no_pace(tmp_path: Path) -> None:
     assert w.stall.epoch_times == [7.0] and w.stall.last_progress == 300 and w.stall.phase == "prediction"
     w.poll(312, 3)
     w.poll(342, 5)  # two outputs in 30 s: 15 s apart
-    assert w.stall.epoch_times == [7.0, 12.0, 15.0] and w.stall.last_what == "5 output(s)"
+    assert w.stall.epoch_times == [7.0, 12.0, 15.0] and w.stall.last_what == "5 case(s) written"
 
 
 def test_a_silence_between_cases_is_a_stall_once_after_twice_the_longest_gap(tmp_path: Path) -> None:
@@ -486,7 +486,7 @@ def test_a_silence_between_cases_is_a_stall_once_after_twice_the_longest_gap(tmp
     assert w.poll(119, 4) is None
     why = w.poll(120, 4)
     assert why is not None and "in the prediction phase" in why and "gap between cases" in why
-    assert "at least 20 s" in why and "last sign of life: 4 output(s)" in why
+    assert "at least 20 s" in why and "last sign of life: 4 case(s) written" in why
     assert w.poll(500, 4) is None and w.alarmed
 
 
