@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.checkpoints.space import free_bytes, human
-from supervisor.core.messages import DiskChecked, Record
-from supervisor.core.rules import DiskWatch
+from supervisor.core.messages import DiskChecked, Event, Record
+from supervisor.core.rules import DiskWatch, alarm_event
 from supervisor.core.stall import AttemptPhase, StallRules, StallWatch
 from supervisor.stages.training.traininglog import read_tail
+
+if TYPE_CHECKING:
+    from supervisor.daemon.process import ProcessOps
 
 log = logging.getLogger("nnunet_supervise")
 
@@ -64,6 +67,19 @@ class CaseWatch:
         why = self.stall.stalled(now)
         self.alarmed = why is not None
         return why
+
+
+    def deadline(self) -> float | None:
+        """When the attempt would count as stalled (None once it was alarmed about)."""
+        return None if self.alarmed else self.stall.deadline()
+
+    def stall_event(self, why: str, ops: ProcessOps, marker: Path, dump: Path, **extra: Any) -> Event:
+        """The `stall` the lifecycle hears, with the tree's kernel states (T stopped, D in I/O) and where the stack
+        dump will be."""
+        pids = ops.tree(str(marker))
+        return alarm_event("stall", why, {"phase": self.stall.phase, "timeout_s": round(self.stall.timeout_s(), 1),
+                                          "dump": str(dump), **extra,
+                                          "process_states": {str(pid): ops.state(pid) for pid in pids}})
 
 
 def carried_gaps(previous: dict[str, Any]) -> list[float]:

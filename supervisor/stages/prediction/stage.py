@@ -38,7 +38,7 @@ from supervisor.core.messages import (
 )
 from supervisor.core.poison import PoisonWatch, after_attempt
 from supervisor.core.remedies import Ladder, Outcome, Remedies, RemedyOptions, Setting, user_settings
-from supervisor.core.rules import DiskWatch, Every, alarm_event
+from supervisor.core.rules import DiskWatch, Every
 from supervisor.core.stall import AttemptPhase, StallRules
 from supervisor.errors import ConfigError
 from supervisor.evidence.collect import AttemptEvidence
@@ -306,16 +306,12 @@ class PredictionStage:
         why = watch.poll(now, self.written())
         look.changed = watch.written != before
         if why is not None:
-            pids = self.ops.tree(str(self.work_dir))
-            look.events.append(alarm_event("stall", why, {
-                "phase": watch.stall.phase, "timeout_s": round(watch.stall.timeout_s(), 1),
-                "dump": str(self.stall_dump_path()), "case": watch.case,
-                "process_states": {str(pid): self.ops.state(pid) for pid in pids}}))
+            look.events.append(watch.stall_event(why, self.ops, self.work_dir, self.stall_dump_path(),
+                                                 case=watch.case))
         return look
 
     def stall_deadline(self) -> float | None:
-        watch = self.watch
-        return None if watch is None or watch.alarmed else watch.stall.deadline()
+        return self.watch.deadline() if self.watch is not None else None
 
     def stall_dump_path(self) -> Path:
         return self.layout.supervisor_dir / f"stall-{self._attempt}.txt"

@@ -32,7 +32,7 @@ from supervisor.core.remedies import (
     Setting,
     user_settings,
 )
-from supervisor.core.rules import DiskWatch, Every, alarm_event
+from supervisor.core.rules import DiskWatch, Every
 from supervisor.core.stall import AttemptPhase, StallRules
 from supervisor.evidence.allocation import read_allocation
 from supervisor.evidence.collect import AttemptEvidence
@@ -273,18 +273,11 @@ class PreprocessingStage:
         why = watch.poll(now, self._look_at_data().cases_done)
         look.changed = self.survey.cases_done != before
         if why is not None:
-            pids = self.ops.tree(str(self.work_dir))
-            look.events.append(alarm_event("stall", why, {
-                "phase": watch.stall.phase, "timeout_s": round(watch.stall.timeout_s(), 1),
-                "dump": str(self.stall_dump_path()),
-                "process_states": {str(pid): self.ops.state(pid) for pid in pids}}))
+            look.events.append(watch.stall_event(why, self.ops, self.work_dir, self.stall_dump_path()))
         return look
 
     def stall_deadline(self) -> float | None:
-        watch = self.watch
-        if watch is None or watch.alarmed:
-            return None
-        return watch.stall.deadline()
+        return self.watch.deadline() if self.watch is not None else None
 
     def stall_dump_path(self) -> Path:
         return self.layout.supervisor_dir / f"stall-{self._attempt}.txt"
