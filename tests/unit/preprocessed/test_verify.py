@@ -151,7 +151,9 @@ def test_the_deep_read_finds_what_only_decompressing_shows(damaged: Path) -> Non
     assert ("case_002_seg.b2nd", "holds value(s) [9] that are no label of dataset.json: its content is "
                                  "damaged") in got["case_002"]
     assert got["case_003"][0][1].startswith("is [20, 18, 14], its properties resample to [40, 18, 14]")
-    assert got["case_004"][0][0] == "case_004.b2nd" and got["case_004"][0][1].startswith("does not decompress")
+    # blosc2 up to 4.14 opens such a frame and fails on decompressing it; 4.15 already refuses to open it
+    assert got["case_004"][0][0] == "case_004.b2nd" and got["case_004"][0][1].startswith(
+        ("does not decompress", "cannot be opened"))
     pickle.dumps(report.problems)  # plain data
 
 
