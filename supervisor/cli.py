@@ -225,18 +225,27 @@ def preprocess(config: Path, verbose: bool, deep: bool) -> None:
 def predict(config: Path, input_dir: str | None, output_dir: str | None, verbose: bool) -> None:
     """Predict the input folder with the run's model (nnUNetv2_predict), supervised: every output verified against
     its input before each relaunch and at the end (a torn one is quarantined and predicted again), progress in cases
-    written, stalls, OOM -> fewer processes.
+    written, stalls, OOM -> fewer processes. An experiment file: what find_best chose, predicted, ensembled and
+    postprocessed as its inference_instructions.txt says, each step supervised so.
 
     Exit codes: 0 every input case has a verified output, 1 incomplete, 2 bad config or input, 3 locked, 75 stopped.
     """
     from supervisor.daemon.process import ProcessOps
     from supervisor.daemon.runner import Engine
+    from supervisor.expfile import is_experiment
     from supervisor.stages.prediction.context import PredictContext
     from supervisor.stages.prediction.stage import PredictionStage
 
     _logging(verbose)
     try:
-        pctx = PredictContext.load(config, _document(config), input_dir, output_dir)
+        doc = _document(config)
+        if is_experiment(doc):  # what find_best chose: predicted, ensembled, postprocessed (supervisor.pipeline)
+            from supervisor.experiment.context import ExperimentContext
+            from supervisor.pipeline.predict import predict_experiment
+
+            code = predict_experiment(ExperimentContext.load(config, doc), input_dir, output_dir)
+            sys.exit(code)
+        pctx = PredictContext.load(config, doc, input_dir, output_dir)
         ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
         code = Engine(PredictionStage(pctx, ops), ops).run()
     except SupervisorError as exc:

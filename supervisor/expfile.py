@@ -129,6 +129,22 @@ class ExperimentFile(RunSections):
         check_cooperative(self.cooperative, self.nnunet)
         return self
 
+    @model_validator(mode="after")
+    def _predict_what_find_best_chose(self) -> ExperimentFile:
+        p = self.predict
+        if p.input is None and p.output is None:
+            return self  # no predict section: the experiment ends with find_best
+        problems = []
+        if p.input is None or p.output is None:
+            problems.append("predict: an experiment predicts with both predict.input and predict.output set")
+        if p.folds is not None:
+            problems.append("predict.folds: an experiment predicts with the folds find_best used (leave it out)")
+        if not self.experiment.find_best:
+            problems.append("predict: an experiment predicts what find_best chose; set experiment.find_best: true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def fold_config(self, configuration: str, fold: Union[int, Literal["all"]]) -> Config:
         """The run.yaml of one cell: this file's sections, its configuration and fold, --npz when asked; the
         experiment serves the metrics for all folds, so a fold serves none of its own."""

@@ -86,9 +86,12 @@ class PreprocessLayout(RunFiles):
 
 @dataclass(frozen=True)
 class PredictLayout(RunFiles):
-    """A supervised prediction: nnUNetv2_predict writes into `output`, our run directory is its `supervisor/`."""
+    """A supervised prediction: nnUNetv2_predict writes into `output`, our run directory is its `supervisor/` (or
+    `run_dir`: the final step of an experiment's prediction writes into the folder whose `supervisor/` is the whole
+    prediction's)."""
 
     output: Path
+    run_dir: Path | None = None
 
     @property
     def place(self) -> Path:
@@ -96,7 +99,21 @@ class PredictLayout(RunFiles):
 
     @property
     def supervisor_dir(self) -> Path:
-        return self.output / "supervisor"
+        return self.run_dir if self.run_dir is not None else self.output / "supervisor"
+
+
+@dataclass(frozen=True)
+class PipelineLayout(PredictLayout):
+    """An experiment's prediction, all steps (supervisor.pipeline): its own state and lock in the run directory of
+    the prediction, beside the last step's (the state.json there is the last step's)."""
+
+    @property
+    def state_file(self) -> Path:
+        return self.supervisor_dir / "pipeline.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.supervisor_dir / "pipeline.lock"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ PREPROCESS_PHASES = ("fingerprint", "planning", "preprocessing")
 NPP_VAR, NPS_VAR = "nnUNet_npp", "nnUNet_nps"
 NNUNET_DEFAULT_NPP = NNUNET_DEFAULT_NPS = 3
 PREDICT_PHASES = ("prediction",)
+# nnUNetv2_ensemble's and nnUNetv2_apply_postprocessing's -np (the combining stage passes it): their one pool
+COMBINE_VAR = "NNUNET_SUPERVISE_COMBINE_NP"
+COMBINE_PHASES = ("combining",)
 NNUNET_DEFAULT_EXPORT = 8  # nnunetv2/configuration.py, 2.8
 WEIGHTS_VAR = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 COMPILE_VAR = "nnUNet_compile"
@@ -65,7 +68,7 @@ ADVICE = {
 
 
 REMEDY_VARS = (WORKERS_VAR, EXPORT_VAR, COMPILE_VAR, ALLOC_VAR, BATCH_SIZE_VAR, WEIGHTS_VAR, PREPROCESS_VAR, NPP_VAR,
-               NPS_VAR)
+               NPS_VAR, COMBINE_VAR)
 
 
 def nnunet_default_workers(hostname: str, cpu_count: int) -> int:
@@ -124,6 +127,7 @@ class Setting:
     batch_size: Union[int, None] = None  # the plans' batch size of this configuration
     default_export: int = NNUNET_DEFAULT_EXPORT  # the final validation's export processes without a remedy
     default_preprocess: int = NNUNET_DEFAULT_PREPROCESS  # the preprocessing's processes without a remedy
+    default_combine: int = 1  # ensembling's or postprocessing's processes without a remedy
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,10 @@ class Ladder:
             return Keep("remedies are off (remedies.enabled: false)")
         if cause in WORKER_CAUSES and phase in PREDICT_PHASES:
             step = self._predictor(cause, remedies, attempt, epoch) if o.workers else \
+                Keep("fewer processes is off (remedies.workers: false)")
+        elif cause in WORKER_CAUSES and phase in COMBINE_PHASES:
+            step = self._halve(cause, COMBINE_VAR, self.setting.default_combine, 1, remedies, attempt, epoch,
+                               "process(es) ensembling or postprocessing the cases") if o.workers else \
                 Keep("fewer processes is off (remedies.workers: false)")
         elif cause in WORKER_CAUSES and phase in PREPROCESS_PHASES:
             step = self._halve(cause, PREPROCESS_VAR, self.setting.default_preprocess, 1, remedies, attempt, epoch,

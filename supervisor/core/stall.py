@@ -13,7 +13,8 @@ from typing import Literal
 
 # a training's phases, then a preprocessing's (fingerprint and planning report nothing until done: the startup
 # allowance; each case written is progress, like an epoch)
-AttemptPhase = Literal["startup", "training", "validation", "fingerprint", "planning", "preprocessing", "prediction"]
+AttemptPhase = Literal["startup", "training", "validation", "fingerprint", "planning", "preprocessing", "prediction",
+                       "combining"]
 PATIENT = ("startup", "fingerprint", "planning")
 RECENT_EPOCHS = 20  # epoch times remembered (state.json) for the auto timeout
 
@@ -93,7 +94,7 @@ class StallWatch:
         if silent < self.timeout_s():
             return None
         unit = self.unit if self.beat_gap_s is None else "gap between heartbeats"
-        learned = ("" if self.phase not in ("training", "preprocessing", "prediction")
+        learned = ("" if self.phase not in ("training", "preprocessing", "prediction", "combining")
                    or self.rules.stall_timeout_s is not None
                    else f" (auto: {self.rules.auto_factor:g} x the longest recent {unit}, at least "
                         f"{self.rules.floor_s:g} s)")

@@ -13,7 +13,7 @@ from supervisor.context import RunContext, parse_fold
 from supervisor.errors import ConfigError
 from supervisor.expfile import ExperimentFile, is_experiment, parse_experiment
 from supervisor.fileread import read_bytes
-from supervisor.layout import RunLayout, resolve_dataset_name
+from supervisor.layout import PipelineLayout, RunLayout, resolve_dataset_name
 
 Fold = Union[int, Literal["all"]]
 # nnU-Net's own order (its documentation trains them so); the cascade after its low-resolution stage.
@@ -121,6 +121,17 @@ class ExperimentContext:
     def fold_layout(self, cell: Cell) -> RunLayout:
         nn = self.spec.nnunet
         return RunLayout(self.paths.results, self.dataset_name, nn.trainer, nn.plans, cell.configuration, cell.fold)
+
+    @property
+    def predicts(self) -> bool:
+        """A predict section: find_best's choice is predicted after it (supervisor.pipeline)."""
+        return self.spec.predict.output is not None
+
+    def predict_layout(self, output: str | None = None) -> PipelineLayout:
+        """Where the prediction's pipeline keeps its state (predict.output, or -o, and its supervisor/)."""
+        out = Path(output).resolve() if output is not None else (self.config_path.parent / str(
+            self.spec.predict.output)).resolve()
+        return PipelineLayout(out)
 
     @property
     def preprocessed(self) -> Path:

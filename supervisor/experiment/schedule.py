@@ -6,8 +6,11 @@ the experiment is done. `Scheduler.step(state, event) -> (state, actions)`, no p
             another device; a supervisor crash, 70: up to fold_restarts) / RUNNING elsewhere (3: another supervisor
             holds it, watched until it lets go); then Start what now can
     RUNNING ──all cells ended──▶ FINDING_BEST (every cell finished and find_best) ──FindBestDone──▶ DONE (0 / 1)
+                               ──FindBestDone (with a predict section)──▶ PREDICTING (RunPredict: the chosen
+                                 configuration(s) predicted, ensembled, postprocessed) ──PredictDone──▶ DONE (its code)
                                ▶ DONE: 0 every cell finished; 1 incomplete (a cell failed: named, no final step)
     RUNNING ──StopRequested──▶ STOPPING (StopFolds) ──the last running cell ended──▶ DONE (75)
+    PREDICTING ──StopRequested──▶ STOPPING (StopPredict) ──PredictDone──▶ DONE (75)
     any ──GpuFaulted──▶ that device leaves the pool (its folds, which give up on it, start again elsewhere)
 
 `place` is the packing rule on its own (pure, reused for SLURM and Kubernetes rendering): cells in order, each on
@@ -41,6 +44,7 @@ class Phase(str, Enum):
     INIT = "init"
     RUNNING = "running"
     FINDING_BEST = "finding_best"
+    PREDICTING = "predicting"
     STOPPING = "stopping"
     DONE = "done"
 
@@ -119,7 +123,15 @@ class FindBestDone:
     message: str
 
 
-Event = Union[Begin, FoldEnded, GpuFaulted, NeedMeasured, StopRequested, FindBestDone]
+@dataclass(frozen=True)
+class PredictDone:
+    """The experiment's prediction (nnunet-supervise predict EXPERIMENT) ended with this exit code."""
+
+    code: int
+    message: str
+
+
+Event = Union[Begin, FoldEnded, GpuFaulted, NeedMeasured, StopRequested, FindBestDone, PredictDone]
 
 
 # ---- actions ----
@@ -148,6 +160,16 @@ class RunFindBest:
 
 
 @dataclass(frozen=True)
+class RunPredict:
+    """Predict with what find_best chose (a supervised pipeline of its own, restartable)."""
+
+
+@dataclass(frozen=True)
+class StopPredict:
+    """Stop the prediction resumably."""
+
+
+@dataclass(frozen=True)
 class Record:
     event: str
     fields: dict[str, Any] = field(default_factory=dict)
@@ -163,7 +185,7 @@ class Exit:
     code: int
 
 
-Action = Union[Start, Watch, StopFolds, RunFindBest, Record, Say, Exit]
+Action = Union[Start, Watch, StopFolds, RunFindBest, RunPredict, StopPredict, Record, Say, Exit]
 
 
 # ---- the packing rule ----
@@ -191,9 +213,10 @@ class Scheduler:
     """The experiment's decisions under its settings."""
 
     def __init__(self, waits_for: Mapping[str, str], find_best: bool, fold_restarts: int,
-                 configurations: Iterable[str]) -> None:
+                 configurations: Iterable[str], predict: bool = False) -> None:
         self.waits_for = dict(waits_for)
         self.find_best = find_best
+        self.predict = predict  # a predict section: find_best's choice is predicted after it
         self.fold_restarts = fold_restarts
         self.configurations = tuple(configurations)
 
@@ -217,6 +240,13 @@ class Scheduler:
                 Record("fold_need", {"configuration": ev.configuration, "need": ev.need})])
         if isinstance(ev, StopRequested):
             return self._stop(s, ev)
+        if isinstance(ev, FindBestDone) and s.phase is Phase.FINDING_BEST and ev.ok and self.predict:
+            # FINDING_BEST -> PREDICTING
+            return replace(s, phase=Phase.PREDICTING), [
+                Record("find_best", {"ok": True, "message": ev.message}), Say(ev.message),
+                Say("predicting with what find_best chose (nnunet-supervise predict)"), RunPredict()]
+        if isinstance(ev, PredictDone) and s.phase in (Phase.PREDICTING, Phase.STOPPING):
+            return self._predicted(s, ev)
         if isinstance(ev, FindBestDone) and s.phase is Phase.FINDING_BEST:
             code = ExitCode.FINISHED if ev.ok else ExitCode.GAVE_UP
             # FINDING_BEST -> DONE
@@ -225,6 +255,15 @@ class Scheduler:
                 Record("finished" if ev.ok else "incomplete", {"cells": len(s.cells), "message": ev.message}),
                 Say(ev.message), Exit(code)]
         return s, []
+
+    # PREDICTING (or STOPPING) -> DONE
+    def _predicted(self, s: State, ev: PredictDone) -> tuple[State, list[Action]]:
+        code = ev.code if ev.code in (ExitCode.FINISHED, ExitCode.STOPPED) else ExitCode.GAVE_UP
+        kinds: dict[int, str] = {ExitCode.FINISHED: "finished", ExitCode.STOPPED: "stopped"}
+        kind = kinds.get(code, "incomplete")
+        return replace(s, phase=Phase.DONE, exit_code=code), [
+            Record("predicted", {"code": ev.code, "message": ev.message}),
+            Record(kind, {"cells": len(s.cells), "message": ev.message}), Say(ev.message), Exit(code)]
 
     # INIT -> RUNNING
     def _begin(self, s: State, ev: Begin) -> tuple[State, list[Action]]:
@@ -289,6 +328,10 @@ class Scheduler:
         record = Record("stop_requested", {"reason": ev.reason})
         if s.phase is Phase.STOPPING:
             return s, []
+        if s.phase is Phase.PREDICTING:
+            # PREDICTING -> STOPPING: the prediction stops resumably; the experiment exits once it ended
+            return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason), [
+                record, Say(f"{ev.reason}: stopping the prediction resumably"), StopPredict()]
         if s.phase in (Phase.INIT, Phase.RUNNING) and running:
             # RUNNING -> STOPPING: every fold stops resumably; the experiment exits 75 once the last one ended
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason), [

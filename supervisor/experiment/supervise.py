@@ -39,13 +39,16 @@ from supervisor.experiment.schedule import (
     Exit,
     FindBestDone,
     FoldEnded,
+    PredictDone,
     Record,
     RunFindBest,
+    RunPredict,
     Say,
     Scheduler,
     Start,
     State,
     StopFolds,
+    StopPredict,
     StopRequested,
     Watch,
 )
@@ -103,7 +106,8 @@ class ExperimentSupervisor:
                  notifier: Notifier | None = None, wall: Callable[[], float] = time.time) -> None:
         self.exp, self.tick_s, self.spawn, self.wall = exp, tick_s, spawn, wall
         x = exp.spec.experiment
-        self.scheduler = Scheduler(exp.waits_for, x.find_best, x.fold_restarts, exp.configurations)
+        self.scheduler = Scheduler(exp.waits_for, x.find_best, x.fold_restarts, exp.configurations,
+                                   predict=exp.predicts)
         self.queue: queue.SimpleQueue[Union[Event, tuple[str, Any]]] = queue.SimpleQueue()
         self.layout = exp.layout
         self.events = EventLog(self.layout.events_file, wall)
@@ -112,6 +116,8 @@ class ExperimentSupervisor:
         self.children: dict[Cell, subprocess.Popen[bytes]] = {}
         self.watched: set[Cell] = set()
         self.find_best_proc: subprocess.Popen[bytes] | None = None
+        self.predict_proc: subprocess.Popen[bytes] | None = None
+        self.predict_watched = False  # a prediction another (earlier) experiment supervisor started runs on
         self.state = State(cells={c: CellState() for c in exp.cells})
         self._started = wall()
         m = exp.spec.metrics
@@ -182,6 +188,9 @@ class ExperimentSupervisor:
     def _look(self) -> list[Event]:
         """Every tick: folds that other supervisors run, when they let go of their locks."""
         ended: list[Event] = []
+        if self.predict_watched and not RunLock(self.exp.predict_layout().lock_file).is_held_elsewhere():
+            self.predict_watched = False  # the earlier one ended: run it again (what it finished is kept)
+            self._predict()
         for cell in sorted(self.watched):
             layout = self.exp.fold_layout(cell)
             if RunLock(layout.lock_file).is_held_elsewhere():
@@ -233,6 +242,10 @@ class ExperimentSupervisor:
             self._stop(action.cells)
         elif isinstance(action, RunFindBest):
             self._find_best(list(action.configurations))
+        elif isinstance(action, RunPredict):
+            self._predict()
+        elif isinstance(action, StopPredict):
+            self._stop_predict()
 
     def _start(self, cell: Cell, device: str) -> None:
         argv = [sys.executable, "-m", "supervisor", "run", str(self.exp.config_path), "--configuration",
@@ -291,6 +304,47 @@ class ExperimentSupervisor:
 
         log.info("running %s (log: %s)", " ".join(argv), out)
         threading.Thread(target=work, name="find-best", daemon=True).start()
+
+    def _predict(self) -> None:
+        """`nnunet-supervise predict EXPERIMENT` as a child in a session of its own (like a fold supervisor: it
+        predicts on if this supervisor is killed, and the next one follows it by its lock)."""
+        layout = self.exp.predict_layout()
+        if RunLock(layout.lock_file).is_held_elsewhere():
+            log.info("the prediction is run by a live supervisor (from an earlier start): following it")
+            self.predict_watched = True
+            return
+        argv = [sys.executable, "-m", "supervisor", "predict", str(self.exp.config_path)]
+        out = self.layout.root / "predict.log"
+        try:
+            popen = self.spawn(argv, dict(os.environ), out)
+        except OSError as exc:
+            self.queue.put(PredictDone(ExitCode.CRASHED, f"the prediction could not start: {exc}"))
+            return
+        self.predict_proc = popen
+        log.info("prediction started (pid %d; its log: %s; its run directory: %s)", popen.pid, out,
+                 layout.supervisor_dir)
+
+        def wait() -> None:
+            code = popen.wait()
+            words: dict[int, str] = {ExitCode.FINISHED: "every input case has a verified, postprocessed output",
+                     ExitCode.STOPPED: "the prediction stopped resumably",
+                     ExitCode.GAVE_UP: "the prediction is incomplete (cases failed or it gave up)"}
+            message = f"{words.get(code, f'the prediction failed (exit {code})')}; see {out}"
+            self.queue.put(PredictDone(code, message))
+
+        threading.Thread(target=wait, name="wait-predict", daemon=True).start()
+
+    def _stop_predict(self) -> None:
+        popen = self.predict_proc
+        if popen is not None and popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+        elif self.predict_watched:
+            self.predict_watched = False
+            try:
+                request_stop(self.exp.predict_layout(), reason="experiment stopped")
+            except Exception as exc:  # gone meanwhile
+                log.warning("could not stop the prediction: %s", exc)
+            self.queue.put(PredictDone(ExitCode.STOPPED, "the prediction was asked to stop resumably"))
 
     def _leave(self) -> None:
         """On any way out: the fold supervisors we started and did not stop keep training (they are resumable on
@@ -355,5 +409,8 @@ def stop_everything(exp: ExperimentContext) -> list[str]:
         if RunLock(layout.lock_file).is_held_elsewhere():
             request_stop(layout, reason="nnunet-supervise stop (experiment)")
             stopped.append(cell.name)
+    if exp.predicts and RunLock(exp.predict_layout().lock_file).is_held_elsewhere():
+        request_stop(exp.predict_layout(), reason="nnunet-supervise stop (experiment)")
+        stopped.append("the prediction")
     return stopped
 

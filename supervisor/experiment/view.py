@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.experiment.context import ExperimentContext
+from supervisor.observe.prediction import pipeline_status
 from supervisor.observe.progress import duration
 from supervisor.observe.report import summary, timeline
 from supervisor.observe.status import gather
@@ -53,7 +54,8 @@ def status(exp: ExperimentContext, now: float | None = None) -> dict[str, Any]:
             "finished": sum(f["state"] == "finished" for f in folds), "cells": len(folds),
             "eta_s": None if eta is None else round(eta, 1), "folds": folds,
             "inference_instructions": str(exp.layout.root / "inference_instructions.txt")
-            if (exp.layout.root / "inference_instructions.txt").is_file() else None}
+            if (exp.layout.root / "inference_instructions.txt").is_file() else None,
+            **({"predict": pipeline_status(exp.predict_layout().output)} if exp.predicts else {})}
 
 
 def table(info: dict[str, Any]) -> str:
@@ -74,7 +76,25 @@ def table(info: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     body = "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
     tail = f"\nbest configuration: {info['inference_instructions']}" if info["inference_instructions"] else ""
+    pred = info.get("predict")
+    if pred:
+        tail += "\n" + prediction_line(pred)
     return head + body + tail
+
+
+def prediction_line(p: dict[str, Any]) -> str:
+    """The experiment's prediction in one line: its step, that step's cases, the final outputs, the ETA."""
+    total = p.get("cases_total")
+    step = ""
+    if p.get("step"):
+        steps = p.get("steps") or []
+        k = f" ({steps.index(p['step']) + 1}/{len(steps)})" if p["step"] in steps else ""
+        step = f", step {p['step']}{k}: {p.get('step_cases_done') or 0}/{total} cases"
+        if p.get("eta_s") is not None:
+            step += f", about {duration(p['eta_s'])} left in this step"
+    failed = f", failed: {', '.join(p['cases_failed'])}" if p.get("cases_failed") else ""
+    return (f"prediction: {p.get('state')}{step}; {p.get('cases_done')}/{total} final outputs verified{failed} "
+            f"({p.get('output')})")
 
 
 def bars(exp: ExperimentContext) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 """A real CPU experiment on the tiny dataset: two configurations x two folds, two at a time; one trainer SIGKILLed,
 the experiment supervisor SIGKILLed and started again once. It ends with every checkpoint_final.pth and
-find_best_configuration's output, and no fold trained twice."""
+find_best_configuration's output, and no fold trained twice; then its predict section: what find_best chose predicted
+(the experiment supervisor SIGKILLed during it), ensembled when it chose two, postprocessed, every final output
+verified; a final output torn afterwards is quarantined and made again by `predict EXPERIMENT`."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +35,12 @@ def experiment_file(tmp_path: Path, raw: Path, pre: Path) -> Path:
         "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(tmp_path / "res")},
         "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
         "cooperative": {"enabled": True},
+        "predict": {"input": str(tmp_path / "imagesTs"), "output": str(tmp_path / "predictions")},
     }
+    test = tmp_path / "imagesTs"
+    test.mkdir()
+    for image in sorted((raw / "Dataset901_Tiny" / "imagesTr").iterdir())[:3]:
+        shutil.copy(image, test / image.name)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -67,6 +76,14 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
         pid = wait_for(lambda: (StateStore(victim.state_file).load().get("epoch") or 0) >= 1
                        and StateStore(victim.state_file).load().get("pid"), 400, "3d_fullres fold 1 at epoch 1")
         os.kill(pid, signal.SIGKILL)
+        # the experiment supervisor is SIGKILLed again while it predicts; the prediction goes on, the next one
+        # follows it and then checks that everything is there
+        pipeline = exp.predict_layout().state_file
+        wait_for(lambda: StateStore(pipeline).load().get("step") is not None or sup.poll() is not None, 900,
+                 "the prediction", interval_s=0.2)
+        sup.send_signal(signal.SIGKILL)
+        sup.wait(30)
+        sup = start(path, log)
         assert sup.wait(timeout=900) == 0, log.read_text()[-3000:]
     finally:
         if sup.poll() is None:
@@ -89,6 +106,7 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
     ours = [e["event"] for e in read_events(exp.layout.events_file)]
     # each cell started once: the first supervisor started the 2d folds, the second followed them and started the rest
     assert ours.count("fold_started") == 4 and "find_best" in ours and ours[-1] == "finished"
+    assert "predicted" in ours
     state = StateStore(exp.layout.state_file).load()
     assert state["state"] == "done" and state["exit_code"] == 0
     status = subprocess.run([sys.executable, "-m", "supervisor", "status", str(path), "--json"], capture_output=True,
@@ -98,3 +116,27 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
     report = subprocess.run([sys.executable, "-m", "supervisor", "report", str(path), "-o", str(gantt)],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert report.returncode == 0 and gantt.stat().st_size > 10_000, report.stderr
+    # the final segmentations: one verified output per input case, postprocessed from what find_best chose
+    out = tmp_path / "predictions"
+    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (tmp_path / "imagesTs").iterdir())
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]
+    pipe = StateStore(exp.predict_layout().state_file).load()
+    assert pipe["state"] == "finished" and pipe["steps"][-1]["name"] == "postprocess", pipe
+    assert pipe["steps"][-1]["cases_verified"] == 3
+    kinds = [s["kind"] for s in pipe["steps"]]
+    assert kinds == (["predict", "predict", "ensemble", "postprocess"] if len(pipe["models"]) == 2
+                     else ["predict", "postprocess"]), pipe
+    info = json.loads(status.stdout)
+    assert info["predict"]["cases_total"] == 3 and info["predict"]["cases_done"] == 3, info["predict"]
+    # a final output torn (a power cut as it was written, a person): quarantined, made again, the rest kept
+    torn = out / f"{cases[0]}.nii.gz"
+    data = torn.read_bytes()
+    torn.write_bytes(data[: len(data) // 2])
+    kept = (out / f"{cases[1]}.nii.gz").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "supervisor", "predict", str(path)], capture_output=True, text=True,
+                           cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    corrupt = [e for e in read_events(exp.predict_layout().events_file) if e["event"] == "output_corrupt"]
+    assert [Path(e["path"]).name for e in corrupt] == [torn.name]
+    assert Path(corrupt[0]["quarantined_to"]).read_bytes() == data[: len(data) // 2]
+    assert torn.stat().st_size > 0 and (out / f"{cases[1]}.nii.gz").stat().st_mtime_ns == kept

@@ -106,6 +106,7 @@ class PredictionStage:
 
     name = "prediction"
     words = WORDS
+    watch_type: type[PredictWatch] = PredictWatch
 
     def __init__(self, pctx: PredictContext, ops: ProcessOps, environ: Mapping[str, str] | None = None) -> None:
         self.pctx, self.ops = pctx, ops
@@ -182,22 +183,27 @@ class PredictionStage:
     def _stage_input(self) -> Path:
         """A folder of links to the input cases to predict (supervisor/input/): the user's folder is never touched,
         and what nnU-Net would choke on (a file not in its naming) or what was set aside is left out."""
-        staged = self.layout.supervisor_dir / "input"
-        staged.mkdir(parents=True, exist_ok=True)
         alone = self.poison.isolated
-        wanted = {channel.name: channel for case, channels in self.cases.items()
-                  if (case == alone if alone is not None else case not in self.failed) for channel in channels}
-        for entry in os.scandir(staged):
-            if entry.name not in wanted and entry.is_symlink():
-                os.unlink(entry.path)  # a link of ours to a case no longer predicted (the input file stays)
-        for name, target in wanted.items():
-            link = staged / name
-            if link.is_symlink() and os.readlink(link) == str(target):
-                continue
-            if link.is_symlink():
-                os.unlink(link)
-            os.symlink(target, link)
+        todo = [case for case in self.cases if (case == alone if alone is not None else case not in self.failed)]
+        staged = self.layout.supervisor_dir / "input"
+        for folder, wanted in self._links(todo).items():
+            folder.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(folder):
+                if entry.name not in wanted and entry.is_symlink():
+                    os.unlink(entry.path)  # a link of ours to a case no longer predicted (the input file stays)
+            for name, target in wanted.items():
+                link = folder / name
+                if link.is_symlink() and os.readlink(link) == str(target):
+                    continue
+                if link.is_symlink():
+                    os.unlink(link)
+                os.symlink(target, link)
         return staged
+
+    def _links(self, todo: list[str]) -> dict[Path, dict[str, Path]]:
+        """The staged folders and their links (name -> target) for the cases to do: the input images' channels."""
+        return {self.layout.supervisor_dir / "input": {channel.name: channel for case in todo
+                                                        for channel in self.cases[case]}}
 
     def _quarantine(self, bad: list[OutputVerdict], attempt: int) -> list[Record]:
         into = self.layout.quarantine_dir / f"attempt-{attempt}"
@@ -235,7 +241,8 @@ class PredictionStage:
         except OutputCheckError as exc:  # said again, and decided on, by the launch's preparation
             log.warning("the outputs could not be verified yet: %s", exc)
             return Begin(finished=False, resume=False, best_epoch=0)
-        return Begin(finished=not bad and not missing, resume=False, best_epoch=len(self.verified))
+        left = [c for c in missing if c not in self.failed]  # failed: set aside by the step before (ensembling)
+        return Begin(finished=not bad and not left, resume=False, best_epoch=len(self.verified))
 
     def start(self) -> None:
         pass
@@ -283,7 +290,8 @@ class PredictionStage:
         argv = [nnunet_tool("nnUNetv2_predict"), "-i", str(staged), "-o", str(p.output), "-d", p.run.dataset_name,
                 "-tr", nn.trainer, "-p", nn.plans, "-c", nn.configuration, "-f", *map(str, p.folds),
                 "-chk", pr.checkpoint, "-device", nn.device, "--continue_prediction",
-                *(["--save_probabilities"] if pr.save_probabilities else []), *pr.extra_args]
+                *(["--save_probabilities"] if pr.save_probabilities else []),
+                *(["-prev_stage_predictions", str(p.prev_stage)] if p.prev_stage is not None else []), *pr.extra_args]
         return argv, self._env(spawn.attempt)
 
     # ---- while it runs ----
@@ -292,7 +300,7 @@ class PredictionStage:
         self._attempt = spawn.attempt
         self._verified_at_launch = len(self.verified)
         self.evidence = AttemptEvidence.start(pid, self.ops.probes)
-        self.watch = PredictWatch(self.layout.attempt_log(spawn.attempt), self.rules, now, self._gaps,
+        self.watch = self.watch_type(self.layout.attempt_log(spawn.attempt), self.rules, now, self._gaps,
                                   self.written())
 
     def look(self, now: float) -> Look:

@@ -191,7 +191,7 @@ def test_an_experiment_file_is_refused_clearly(load: Any) -> None:
     doc["nnunet"] = {"dataset": DATASET, "device": "cpu"}
     with pytest.raises(ConfigError) as err:
         load({**doc, "experiment": {"configurations": ["3d_fullres"]}})
-    assert "experiment file" in str(err.value) and "run.yaml of the chosen configuration" in str(err.value)
+    assert "experiment file" in str(err.value) and "find_best chose" in str(err.value)
 
 
 def test_an_empty_list_of_folds_is_refused(load: Any) -> None:

@@ -1,0 +1,1 @@
+"""Stages run in order, each on the engine: an experiment's prediction."""

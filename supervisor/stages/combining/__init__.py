@@ -1,0 +1,1 @@
+"""Ensembling and postprocessing, supervised."""
