@@ -36,7 +36,7 @@ def pipeline_status(output: Path) -> dict[str, Any] | None:
         "live": held, "step": doc.get("step"), "steps": [s.get("name") for s in steps],
         "cases_total": total, "cases_done": done if isinstance(done, int) else 0, "cases_failed": failed,
         "step_cases_done": pr.get("cases_done"), "output": doc.get("output"), "eta_s": None}
-    if doc.get("step") is not None and pr:
+    if held and doc.get("step") is not None and pr:  # an ETA only while it runs
         gaps = [g for g in live.get("case_gaps") or [] if isinstance(g, (int, float))]
         left = (pr.get("cases_total") or 0) - (pr.get("cases_done") or 0) - len(pr.get("cases_failed") or [])
         if gaps and left >= 0:

@@ -186,8 +186,11 @@ class PredictionPipeline:
             log.info("prediction of %s into %s: %s", self.input, self.output, names)
             self.events.record("pipeline_started", steps=[s.name for s in self.plan.steps],
                                models=[m.name for m in self.plan.chosen.models])
-            code = self._steps()
-            self._persist(code)
+            code: int = ExitCode.CRASHED
+            try:
+                code = self._steps()
+            finally:  # pipeline.json never says "running" of a pipeline that is gone (a ConfigError, a lock)
+                self._persist(code)
             return code
         finally:
             for sig, old in previous.items():

@@ -94,6 +94,7 @@ class CombineStage(PredictionStage):
         self.words = words(job.kind)
         env = os.environ if environ is None else environ
         self.processes = fitted_processes(env)
+        self.user_np = env.get(COMBINE_VAR)  # the user's own -np, from the supervisor's environment
         self.ladder = None
         if self.config.remedies.enabled:
             values, sources = user_settings(self.config.nnunet.env, env)
@@ -129,7 +130,8 @@ class CombineStage(PredictionStage):
 
     def command(self, spawn: Spawn) -> tuple[list[str], dict[str, str]]:
         staged = [str(self.layout.supervisor_dir / f"input-{i}") for i in range(len(self.job.sources))]
-        np_ = dict(spawn.env).get(COMBINE_VAR) or self.config.nnunet.env.get(COMBINE_VAR) or str(self.processes)
+        np_ = (dict(spawn.env).get(COMBINE_VAR) or self.config.nnunet.env.get(COMBINE_VAR) or self.user_np
+               or str(self.processes))
         out = str(self.pctx.output)
         if self.job.kind == "ensemble":
             argv = [nnunet_tool("nnUNetv2_ensemble"), "-i", *staged, "-o", out, "-np", np_]

@@ -58,7 +58,10 @@ def read_chosen(path: Path) -> Chosen:
     if not isinstance(best, dict):
         raise ConfigError([f"{path}: no best_model_or_ensemble object (not written by nnU-Net 2's find_best?)"])
     models = []
-    for i, m in enumerate(best.get("selected_model_or_models") or []):
+    listed = best.get("selected_model_or_models")
+    if listed is not None and not isinstance(listed, list):
+        problems.append(f"{path}: selected_model_or_models holds {listed!r}, not a list")
+    for i, m in enumerate(listed if isinstance(listed, list) else []):
         fields = [m.get(k) if isinstance(m, dict) else None for k in ("trainer", "plans_identifier", "configuration")]
         names = [f for f in fields if isinstance(f, str) and f and "/" not in f]
         if len(names) == 3:
@@ -68,14 +71,17 @@ def read_chosen(path: Path) -> Chosen:
     if not models and not problems:
         problems.append(f"{path}: selected_model_or_models is empty")
     folds: list[Fold] = []
-    for f in doc.get("folds") or []:
+    given = doc.get("folds")
+    if given is not None and not isinstance(given, list):
+        problems.append(f"{path}: folds holds {given!r}, not a list")
+    for f in given if isinstance(given, list) else []:
         if isinstance(f, int) and not isinstance(f, bool) and f >= 0:
             folds.append(f)
         elif f == "all":
             folds.append("all")
         else:
             problems.append(f"{path}: folds holds {f!r}, not a fold")
-    if not folds:
+    if not folds and (given is None or isinstance(given, list)):
         problems.append(f"{path}: no folds")
     files = {}
     for key in ("postprocessing_file", "some_plans_file"):
