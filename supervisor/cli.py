@@ -217,24 +217,41 @@ def preprocess(config: Path, verbose: bool, deep: bool) -> None:
     sys.exit(_run_preprocessing(config, deep))
 
 
+def _part(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from supervisor.stages.prediction.parts import Part
+
+    if value is None:
+        return None
+    try:
+        return Part.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @CONFIG_ARG
 @click.option("-i", "input_dir", default=None, help="The input folder (instead of predict.input).")
 @click.option("-o", "output_dir", default=None, help="The output folder (instead of predict.output).")
+@click.option("--part", "part", default=None, callback=_part, metavar="K/N",
+              help="Predict only part K (from 0) of N of the input cases, in a run directory of its own (a SLURM "
+                   "array task, a pod of an Indexed Job); `predict` without --part then checks the parts complete.")
+@click.option("--no-parts", is_flag=True, help="Do not cut the input into parts here (they ran elsewhere, e.g. as "
+                                                "SLURM array tasks): verify every output, predict what is left, "
+                                                "combine.")
+@click.option("--retry-failed", is_flag=True, help="Try again the cases set aside before (poison), their input "
+                                                   "unchanged.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def predict(config: Path, input_dir: str | None, output_dir: str | None, verbose: bool) -> None:
+def predict(config: Path, input_dir: str | None, output_dir: str | None, part: Any, no_parts: bool,
+            retry_failed: bool, verbose: bool) -> None:
     """Predict the input folder with the run's model (nnUNetv2_predict), supervised: every output verified against
     its input before each relaunch and at the end (a torn one is quarantined and predicted again), progress in cases
-    written, stalls, OOM -> fewer processes. An experiment file: what find_best chose, predicted, ensembled and
-    postprocessed as its inference_instructions.txt says, each step supervised so.
+    written, stalls, OOM -> fewer processes; predict.parts: N cuts the input into N parts predicted at once (one per
+    GPU). An experiment file: what find_best chose, predicted, ensembled and postprocessed as its
+    inference_instructions.txt says, each step supervised so.
 
     Exit codes: 0 every input case has a verified output, 1 incomplete, 2 bad config or input, 3 locked, 75 stopped.
     """
-    from supervisor.daemon.process import ProcessOps
-    from supervisor.daemon.runner import Engine
     from supervisor.expfile import is_experiment
-    from supervisor.stages.prediction.context import PredictContext
-    from supervisor.stages.prediction.stage import PredictionStage
 
     _logging(verbose)
     try:
@@ -243,11 +260,12 @@ def predict(config: Path, input_dir: str | None, output_dir: str | None, verbose
             from supervisor.experiment.context import ExperimentContext
             from supervisor.pipeline.predict import predict_experiment
 
-            code = predict_experiment(ExperimentContext.load(config, doc), input_dir, output_dir)
+            code = predict_experiment(ExperimentContext.load(config, doc), input_dir, output_dir, part, retry_failed,
+                                      no_parts)
             sys.exit(code)
-        pctx = PredictContext.load(config, doc, input_dir, output_dir)
-        ops = ProcessOps(log_cap=pctx.config.process.attempt_log_max_bytes)
-        code = Engine(PredictionStage(pctx, ops), ops).run()
+        from supervisor.pipeline.single import predict_run
+
+        code = predict_run(config, doc, input_dir, output_dir, part, retry_failed, no_parts)
     except SupervisorError as exc:
         _fail(exc)
     except Exception:  # a bug of ours must not read as "gave up" (1)
@@ -609,10 +627,11 @@ def _preprocess_state(config: Path) -> dict[str, Any] | None:
 
 
 def _predict_state(config: Path) -> dict[str, Any] | None:
-    """Where the supervised prediction of this file's predict section stands (its state.json), or None."""
+    """Where the supervised prediction of this file's predict section stands (its state.json, its parts'), or
+    None."""
     from supervisor.config import parse_config
     from supervisor.layout import PredictLayout
-    from supervisor.rundir.statefile import StateStore
+    from supervisor.observe.prediction import parts_status, run_status, summed
 
     try:
         cfg = parse_config(_document(config), str(config))
@@ -621,16 +640,15 @@ def _predict_state(config: Path) -> dict[str, Any] | None:
     if cfg.predict.output is None:
         return None
     layout = PredictLayout((config.resolve().parent / cfg.predict.output).resolve())
-    doc = StateStore(layout.state_file).load()
-    if not doc:
+    whole, parts = run_status(layout), parts_status(layout, pipeline=False)
+    if whole is None and not parts:
         return None
-    found = doc.get("predict")
-    pred: dict[str, Any] = found if isinstance(found, dict) else {}
-    failed = pred.get("cases_failed")
-    return {"state": doc.get("state"), "live": RunLock(layout.lock_file).is_held_elsewhere(),
-            "attempt": doc.get("attempt"), "restarts": doc.get("restarts"),
-            "cases_total": pred.get("cases_total"), "cases_done": pred.get("cases_done"),
-            "cases_failed": failed if isinstance(failed, list) else [], "output": str(layout.output)}
+    if whole is None:  # the parts run, the whole has not begun
+        whole = {"state": "running in parts", "attempt": None, "restarts": None, "output": str(layout.output),
+                 **summed(parts)}
+    if parts:
+        whole["parts"] = parts
+    return whole
 
 
 def _preprocess_line(pre: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -274,6 +274,9 @@ class PredictSection(_Section):
     extra_args: list[str] = []
     # extension: the least silence allowed between two cases written (auto: 2 x the longest recent gap)
     stall_floor_s: float = Field(600.0, gt=0)
+    # extension: the input cut into this many parts, each predicted by a supervised predictor of its own (one per GPU);
+    # auto: one per GPU of the experiment's (its CPU slots on the CPU), one for a run.yaml (stages.prediction.parts)
+    parts: Union[Literal["auto"], Annotated[int, Field(ge=1, le=1024)]] = "auto"
 
     @field_validator("folds")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -165,3 +166,15 @@ class RunLayout(RunFiles):
                 return 0.0
 
         return sorted(self.fold_dir.glob("training_log_*.txt"), key=lambda p: (mtime(p), p.name))
+
+
+_PART_DIR = re.compile(r"^part-\d+-of-\d+$")
+
+
+def part_dirs(supervisor_dir: Path) -> list[Path]:
+    """The run directories of the parts (stages.prediction.parts) of the prediction whose run directory is
+    supervisor_dir: part-K-of-N/, in name order."""
+    try:
+        return sorted(p for p in supervisor_dir.iterdir() if _PART_DIR.match(p.name) and p.is_dir())
+    except OSError:
+        return []

@@ -45,11 +45,18 @@ class JobSpec:
     cells: tuple[tuple[str, str], ...] = ()
     max_parallel: int | None = None  # %N: at most N tasks of the array at once
     command: tuple[str, ...] = ("run",)  # the supervisor's command (an experiment's last job: "find-best")
+    # an array of this many tasks over `command` itself (no table: the task reads SLURM_ARRAY_TASK_ID, e.g. through
+    # `args`), such as an experiment's prediction in parts
+    tasks: int | None = None
+    # words after the config path, written into the script as they are (shell syntax: "${SLURM_ARRAY_TASK_ID}" is
+    # expanded by the batch shell), e.g. ("--part", '"${SLURM_ARRAY_TASK_ID}/4"')
+    args: tuple[str, ...] = ()
 
 
 def render(spec: JobSpec) -> str:
     """The sbatch script: requeue on the preemption signal, its log beside the run, `exec` of the supervisor."""
-    array = spec.folds or (f"0-{len(spec.cells) - 1}" if spec.cells else None)
+    array = spec.folds or (f"0-{len(spec.cells) - 1}" if spec.cells else None) or \
+        (f"0-{spec.tasks - 1}" if spec.tasks else None)
     if array is not None and spec.max_parallel is not None:
         array += f"%{spec.max_parallel}"
     log_name = "slurm-%x-%A_%a.out" if array else "slurm-%x-%j.out"
@@ -81,6 +88,10 @@ def render(spec: JobSpec) -> str:
         command += ' --configuration "${CONFIGURATION}" --fold "${FOLD}"'
     elif spec.folds:
         command += ' --fold "${SLURM_ARRAY_TASK_ID}"'
+    elif spec.tasks:
+        lines.append(f'echo "nnunet-supervise: array task ${{SLURM_ARRAY_TASK_ID}} of {spec.tasks}"')
+    if spec.args:
+        command += " " + " ".join(spec.args)
     # exec: the supervisor *is* the batch shell, so B:<signal> reaches it
     lines += [command, ""]
     return "\n".join(lines)

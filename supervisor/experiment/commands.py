@@ -160,8 +160,7 @@ def slurm_chain(path: Path, opts: Options, submit: bool, parsable: bool) -> None
         if parsable:
             click.echo(job_id)
             continue
-        what = (f"{len(job.spec.cells)} cell(s): " + ", ".join(f"{c}/fold_{f}" for c, f in job.spec.cells)
-                if job.spec.cells else "nnUNetv2_find_best_configuration")
+        what = job.what
         after = slurmchain.dependency(job, dict(zip((j.key for j in jobs), ids, strict=True)))
         click.echo(f"{job_id}  {job.key}: {what}" + (f" (after {after})" if after else ""))
     if not parsable:

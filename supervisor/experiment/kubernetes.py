@@ -1,6 +1,9 @@
 """An experiment as Kubernetes Jobs, rendered by pure functions: a ConfigMap with the experiment file, an Indexed
 Job over the cells (index -> cell through a table in the pod's command), one for the cascade's cells and one for
-find_best_configuration, each waiting (an init container) until what it needs has finished.
+find_best_configuration, each waiting (an init container) until what it needs has finished. With a predict section,
+two more: an Indexed Job of one index per part of the prediction (`predict EXPERIMENT --part K/N`), waiting for
+find_best, and a Job for the prediction's tail (`predict EXPERIMENT`: every part's outputs checked, what a part left
+predicted, ensembled, postprocessed), waiting until every part has ended (`wait_prediction`, below).
 
 Our exit codes are the engine's retry rules (`podFailurePolicy`): 75 (stopped resumably) and a disruption
 (preemption, a node drained) are not failures, the index is simply run again; 1, 2, 3 (gave up, bad config,
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,21 @@ import yaml
 
 from supervisor.errors import ConfigError, ExitCode
 from supervisor.experiment.context import Cell, ExperimentContext
+from supervisor.experiment.findbest import OUTPUTS
+from supervisor.layout import PipelineLayout
+from supervisor.rundir.lock import RunLock
+from supervisor.rundir.statefile import StateStore
+from supervisor.stages.prediction.parts import Part, parts_wanted
 
 CONFIG_DIR = "/etc/nnunet-supervise"
 CONTAINER = "fold"
+PREDICT_CONTAINER = "predict"
 WAIT_CONTAINER = "wait"
 LABEL = "nnunet-supervise/experiment"
+INFORMATION = OUTPUTS[-1]  # inference_information.json: what find_best chose, kept in the experiment's folder
+# an init container's way to wait for what `wait` does not know (find_best's output, the prediction's parts)
+WAIT_PREDICTION = ("import sys; from supervisor.experiment.kubernetes import wait_prediction; "
+                   "sys.exit(wait_prediction(sys.argv[1:]))")
 
 
 def dns_name(text: str) -> str:
@@ -39,6 +54,9 @@ def resolved_document(exp: ExperimentContext) -> dict[str, Any]:
                     "nnUNet_preprocessed": str(exp.paths.preprocessed), "nnUNet_results": str(exp.paths.results)}
     base = exp.config_path.parent
     doc["nnunet"]["trainer_paths"] = [str((base / p).resolve()) for p in exp.spec.nnunet.trainer_paths]
+    for key in ("input", "output"):  # relative to the file's folder, which in a pod is the ConfigMap's
+        if doc.get("predict", {}).get(key) is not None:
+            doc["predict"][key] = str((base / doc["predict"][key]).resolve())
     return doc
 
 
@@ -60,7 +78,10 @@ def grace_s(exp: ExperimentContext) -> int:
     return int(exp.spec.process.stop_grace_s + save + 60)
 
 
-def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: list[str] | None) -> dict[str, Any]:
+def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: list[str] | None,
+         then: tuple[tuple[str, list[str]], ...] = (), container_name: str = CONTAINER) -> dict[str, Any]:
+    """A pod template; wait_for: an init container `wait` for those configurations' folds (all of them: []), then
+    one init container per (name, command) of `then`, in order."""
     k8s = exp.spec.kubernetes
     folders = {"nnUNet_raw": exp.paths.raw, "nnUNet_preprocessed": exp.paths.preprocessed,
                "nnUNet_results": exp.paths.results}
@@ -85,17 +106,21 @@ def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: l
         resources["requests"] = requests
     if gpus:
         resources["limits"] = {"nvidia.com/gpu": gpus}
-    container = {"name": CONTAINER, "image": k8s.image, "command": ["bash", "-c", command], "env": env,
+    container = {"name": container_name, "image": k8s.image, "command": ["bash", "-c", command], "env": env,
                  "volumeMounts": mounts, **({"resources": resources} if resources else {})}
     spec: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_s(exp),
                             "containers": [container], "volumes": volumes}
+    init: list[tuple[str, list[str]]] = []
     if wait_for is not None:
         # start only once what this Job needs has finished. The scheduler counts the pod's GPU from the moment it is
-        # placed, so a waiting cascade pod holds a GPU: apply 30-cascade-job.yaml later where GPUs are few (README)
-        spec["initContainers"] = [{
-            "name": WAIT_CONTAINER, "image": k8s.image, "env": env, "volumeMounts": mounts,
-            "command": ["python", "-m", "supervisor", "wait", f"{CONFIG_DIR}/experiment.yaml",
-                        *[a for c in wait_for for a in ("--configuration", c)]]}]
+        # placed, so a waiting cascade pod holds a GPU: apply 30-cascade-job.yaml later where GPUs are few (README);
+        # the same for the prediction's pods, which wait for find_best
+        init.append((WAIT_CONTAINER, ["python", "-m", "supervisor", "wait", f"{CONFIG_DIR}/experiment.yaml",
+                                      *[a for c in wait_for for a in ("--configuration", c)]]))
+    init += then
+    if init:
+        spec["initContainers"] = [{"name": n, "image": k8s.image, "env": env, "volumeMounts": mounts, "command": c}
+                                  for n, c in init]
     return {"metadata": {"labels": {LABEL: name}}, "spec": spec}
 
 
@@ -110,25 +135,161 @@ def _cells_job(exp: ExperimentContext, name: str, key: str, cells: list[Cell],
         f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
         '--fold "${FOLD}"'])
     gpus = exp.spec.nnunet.num_gpus if exp.spec.nnunet.device == "cuda" else 0
+    return _indexed_job(exp, name, key, len(cells), parallelism(exp, len(cells)),
+                        _pod(exp, name, command, gpus, wait_for), CONTAINER, wait_for is not None)
+
+
+HOPELESS = (ExitCode.GAVE_UP, ExitCode.USAGE, ExitCode.LOCKED)
+
+
+def _retry_rules(container: str, waits: bool, fail: str,
+                 hopeless: tuple[ExitCode, ...] = HOPELESS) -> list[dict[str, Any]]:
+    """Our exit codes as the Job's retry rules; fail: what a hopeless exit fails (FailIndex, or FailJob for a Job
+    that is not Indexed)."""
+    return [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "Ignore", "onExitCodes": {"containerName": container, "operator": "In",
+                                             "values": [int(ExitCode.STOPPED)]}},
+        {"action": fail, "onExitCodes": {"containerName": container, "operator": "In",
+                                         "values": [int(c) for c in hopeless]}},
+        *([{"action": fail, "onExitCodes": {"containerName": WAIT_CONTAINER, "operator": "In",
+                                            "values": [int(ExitCode.GAVE_UP)]}}]
+          if waits else []),  # the stage it waits for gave up: retrying cannot help
+    ]
+
+
+def _indexed_job(exp: ExperimentContext, name: str, key: str, completions: int, at_once: int,
+                 template: dict[str, Any], container: str, waits: bool) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(exp, f"{name}-{key}", name),
         "spec": {
-            "completionMode": "Indexed", "completions": len(cells), "parallelism": parallelism(exp, len(cells)),
+            "completionMode": "Indexed", "completions": completions, "parallelism": at_once,
             "backoffLimitPerIndex": exp.spec.restart.max_restarts,
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                     "values": [int(ExitCode.STOPPED)]}},
-                {"action": "FailIndex", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                        "values": [int(ExitCode.GAVE_UP), int(ExitCode.USAGE),
-                                                                   int(ExitCode.LOCKED)]}},
-                *([{"action": "FailIndex", "onExitCodes": {"containerName": WAIT_CONTAINER, "operator": "In",
-                                                           "values": [int(ExitCode.GAVE_UP)]}}]
-                  if wait_for is not None else []),  # the stage it waits for gave up: retrying cannot help
-            ]},
-            "template": _pod(exp, name, command, gpus, wait_for)}}
+            "podFailurePolicy": {"rules": _retry_rules(container, waits, "FailIndex")},
+            "template": template}}
+
+
+def prediction_parts(exp: ExperimentContext) -> int | None:
+    """How many parts the prediction is cut into (one index each), or None: no predict section, no prediction."""
+    if not exp.predicts:  # the experiment file makes sure of predict.input and experiment.find_best with it
+        return None
+    devices = exp.spec.experiment.devices
+    return parts_wanted(exp.spec.predict.parts, exp.spec.nnunet.device, devices.gpus, devices.slots)
+
+
+def _unmounted(exp: ExperimentContext) -> list[str]:
+    """The prediction's folders a pod would not see: inside none of the folders `volumes` mounts (none mounted:
+    the file's paths are the image's own, as for the training)."""
+    folders = {"nnUNet_raw": exp.paths.raw, "nnUNet_preprocessed": exp.paths.preprocessed,
+               "nnUNet_results": exp.paths.results}
+    mounts = [m for m in (folders[f] for f in exp.spec.kubernetes.volumes) if m is not None]
+    problems = []
+    for key in ("input", "output"):
+        path = (exp.config_path.parent / str(getattr(exp.spec.predict, key))).resolve()
+        if mounts and not any(m == path or m in path.parents for m in mounts):
+            problems.append(f"predict.{key}: {path} is inside none of the folders kubernetes.volumes mounts "
+                            f"({', '.join(str(m) for m in mounts)}): the prediction's pods would not see it; "
+                            "put it under one of them")
+    return problems
+
+
+def _prediction_jobs(exp: ExperimentContext, name: str, n: int) -> dict[str, dict[str, Any]]:
+    problems = _unmounted(exp)
+    if problems:
+        raise ConfigError(problems, str(exp.config_path))
+    config = f"{CONFIG_DIR}/experiment.yaml"
+    gpus = 1 if exp.spec.nnunet.device == "cuda" else 0  # nnUNetv2_predict predicts on one GPU
+    # `wait` (every fold finished; 1 when one gave up: FailIndex / FailJob), then find_best's output, newer than every
+    # fold (an earlier find_best's choice is not this one's)
+    find_best = (("wait-find-best", ["python", "-c", WAIT_PREDICTION, config, "find-best"]),)
+    command = "\n".join([
+        "set -euo pipefail",
+        f'echo "nnunet-supervise: index ${{JOB_COMPLETION_INDEX}}: prediction part ${{JOB_COMPLETION_INDEX}}/{n}"',
+        f'exec python -m supervisor predict {config} --part "${{JOB_COMPLETION_INDEX}}/{n}"'])
+    parts = _indexed_job(exp, name, "predict-parts", n, n,
+                         _pod(exp, name, command, gpus, [], find_best, PREDICT_CONTAINER), PREDICT_CONTAINER, True)
+    # The tail starts once every part has ended for good, as SLURM's afterany: each part's pipeline.json, written
+    # after the last fold finished, has an exit code other than 75 (a part stopped resumably runs again) and no
+    # live supervisor holds its lock. That includes a part that ended 1 with a poison case set aside (the tail
+    # ensembles and postprocesses every other case and names the failed ones, exit 1) and one that crashed (70):
+    # the tail predicts what it left (it takes the whole prediction's lock; a part pod started again meanwhile
+    # finds it held, exit 3). A part killed outright (OOM, a lost node) leaves "running" behind, and its index
+    # is run again: the tail waits for that. It has a GPU: it predicts whatever a part left.
+    tail_waits = (*find_best, ("wait-parts", ["python", "-c", WAIT_PREDICTION, config, "parts", str(n)]))
+    tail_pod = _pod(exp, name, f"exec python -m supervisor predict {config} --no-parts", gpus, [], tail_waits,
+                    PREDICT_CONTAINER)
+    tail = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(exp, f"{name}-predict", name),
+            "spec": {"backoffLimit": 2, "podReplacementPolicy": "Failed",
+                     # 3 (a part's supervisor still holds its cases) is counted, not hopeless: it ends
+                     "podFailurePolicy": {"rules": _retry_rules(PREDICT_CONTAINER, True, "FailJob",
+                                                                (ExitCode.GAVE_UP, ExitCode.USAGE))},
+                     "template": tail_pod}}
+    return {"50-predict-parts-job.yaml": parts, "60-predict-job.yaml": tail}
+
+
+# ---- inside a pod: the init containers' waits for the prediction ----
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def trained_ts(exp: ExperimentContext) -> float:
+    """When the newest fold finished (its validation summary written): what find_best and the parts come after."""
+    return max((_mtime(exp.fold_layout(c).fold_dir / "validation" / "summary.json") or 0.0 for c in exp.cells),
+               default=0.0)
+
+
+def find_best_done(exp: ExperimentContext) -> bool:
+    """find_best's choice is kept in the experiment's folder, newer than every fold."""
+    kept = _mtime(exp.layout.root / INFORMATION)
+    return kept is not None and kept >= trained_ts(exp)
+
+
+def parts_left(exp: ExperimentContext, count: int) -> list[str]:
+    """The parts of the prediction that have not ended for good (see _prediction_jobs), as K/N."""
+    whole = exp.predict_layout()
+    output = whole.output
+    since = trained_ts(exp)
+    left = []
+    for part in (Part(k, count) for k in range(count)):
+        layout = PipelineLayout(output, whole.supervisor_dir / part.name)
+        written = _mtime(layout.state_file)
+        code = StateStore(layout.state_file).read().data.get("exit_code")
+        if written is None or written < since or not isinstance(code, int) or code == ExitCode.STOPPED \
+                or RunLock(layout.lock_file).is_held_elsewhere():
+            left.append(str(part))
+    return left
+
+
+def wait_prediction(argv: list[str], poll_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                    say: Callable[[str], None] = print) -> int:
+    """`CONFIG find-best` (find_best's choice is there) or `CONFIG parts N` (every part of N ended): block until
+    then, 0; 2 for arguments it does not know. An init container's command (WAIT_PREDICTION)."""
+    if len(argv) < 2 or argv[1] not in ("find-best", "parts") or (argv[1] == "parts") != (len(argv) == 3) \
+            or (len(argv) == 3 and not (argv[2].isdigit() and int(argv[2]) >= 1)):
+        say(f"wait_prediction: got {argv}; give CONFIG find-best, or CONFIG parts N")
+        return int(ExitCode.USAGE)
+    exp = ExperimentContext.load(Path(argv[0]))
+    said: object = None
+    while True:
+        if argv[1] == "find-best":
+            left = [] if find_best_done(exp) else [f"{INFORMATION} in {exp.layout.root}, newer than every fold"]
+        else:
+            left = parts_left(exp, int(argv[2]))
+        if not left:
+            say("find_best's choice is there" if argv[1] == "find-best" else
+                f"every one of {argv[2]} part(s) of the prediction ended")
+            return 0
+        if left != said:
+            said = left
+            say(f"waiting for {', '.join(left)}" if argv[1] == "find-best" else
+                f"waiting for {len(left)} of {argv[2]} part(s) of the prediction to end: part {', '.join(left)}")
+        sleep(poll_s)
 
 
 def _meta(exp: ExperimentContext, object_name: str, name: str) -> dict[str, Any]:
@@ -163,6 +324,9 @@ def manifests(exp: ExperimentContext, finished: set[Cell] | None = None) -> dict
         out["40-find-best-job.yaml"] = {"apiVersion": "batch/v1", "kind": "Job",
                                         "metadata": _meta(exp, f"{name}-find-best", name),
                                         "spec": {"backoffLimit": 2, "template": pod}}
+    n = prediction_parts(exp)
+    if n is not None:
+        out.update(_prediction_jobs(exp, name, n))
     return out
 
 

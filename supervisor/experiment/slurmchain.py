@@ -1,8 +1,10 @@
 """An experiment as a SLURM job chain: one array over the cells that can start at once, the cascade's cells as a
-second array that waits (afterok) for every 3d_lowres task, and a last job for find_best_configuration that
-waits for all of them. Each array task is today's wrapper (requeue on preemption, `exec` of the fold supervisor);
-SLURM's own machinery does the rest, driven by our exit codes (0 done; 1, 2, 3 never requeued; 75 requeued only
-on the preemption signal).
+second array that waits (afterok) for every 3d_lowres task, and a job for find_best_configuration that
+waits for all of them. With a predict section, two more: the prediction in parts, an array of one task per part
+(`predict EXPERIMENT --part K/N`, afterok on find_best), and the prediction's tail (`predict EXPERIMENT`: every
+part's outputs checked, what a part left predicted, then ensembled and postprocessed), afterany on the whole parts
+array. Each array task is today's wrapper (requeue on preemption, `exec` of the supervisor); SLURM's own machinery
+does the rest, driven by our exit codes (0 done; 1, 2, 3 never requeued; 75 requeued only on the preemption signal).
 
 The chain is data (`chain`), rendered by pure functions (`render`, `submitter`) and submitted by `submit`.
 """
@@ -14,9 +16,11 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from supervisor.deploy import slurm
 from supervisor.experiment.context import Cell, ExperimentContext
+from supervisor.stages.prediction.parts import parts_wanted
 
 
 @dataclass(frozen=True)
@@ -31,17 +35,46 @@ class Options:
     max_parallel: int | None = None
 
 
+class After(NamedTuple):
+    """One wait of a job: for an earlier job of the chain (those tasks of its array, or all of it), of a kind."""
+
+    key: str
+    tasks: tuple[int, ...] | None = None
+    # afterok: it ended 0 (a requeued task is not yet ok); afterany: it ended, however (a part that set a case aside)
+    kind: Literal["afterok", "afterany"] = "afterok"
+
+
 @dataclass(frozen=True)
 class ChainJob:
     """One sbatch script of the chain and what it waits for."""
 
-    key: str  # "cells", "cascade", "find_best"
+    key: str  # "cells", "cascade", "find_best", "predict_parts", "predict"
     spec: slurm.JobSpec
-    after: tuple[tuple[str, tuple[int, ...] | None], ...] = ()  # (key of an earlier job, its tasks or all of it)
+    after: tuple[After, ...] = ()
 
     @property
     def script_name(self) -> str:
         return f"{self.spec.job_name}.sbatch"
+
+    @property
+    def what(self) -> str:
+        """What the job does, in words (`--submit` prints it beside the job id)."""
+        s = self.spec
+        if s.cells:
+            return f"{len(s.cells)} cell(s): " + ", ".join(f"{c}/fold_{f}" for c, f in s.cells)
+        if self.key == "find_best":
+            return "nnUNetv2_find_best_configuration"
+        if self.key == "predict_parts":
+            return f"the prediction in {s.tasks} part(s), each with every model find_best chose"
+        return "the prediction's tail: every part checked, what a part left predicted, ensembled, postprocessed"
+
+
+def prediction_parts(exp: ExperimentContext) -> int | None:
+    """How many parts the chain predicts in (one array task each), or None: no predict section, no prediction."""
+    if not exp.predicts:  # the experiment file makes sure of predict.input and experiment.find_best with it
+        return None
+    devices = exp.spec.experiment.devices
+    return parts_wanted(exp.spec.predict.parts, exp.spec.nnunet.device, devices.gpus, devices.slots)
 
 
 def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> list[ChainJob]:
@@ -66,25 +99,43 @@ def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> li
     if later:
         earlier = {exp.waits_for[c.configuration] for c in later}
         tasks = tuple(i for i, c in enumerate(first) if c.configuration in earlier)
-        after = (("cells", tasks),) if tasks else ()
+        after = (After("cells", tasks),) if tasks else ()
         jobs.append(ChainJob("cascade", replace(base, job_name=f"{stem}-cascade",
                                                 cells=tuple((c.configuration, str(c.fold)) for c in sorted(later))),
                              after))
     if exp.spec.experiment.find_best:
         jobs.append(ChainJob("find_best", replace(base, job_name=f"{stem}-find-best", command=("find-best",),
                                                   gres=None, max_parallel=None, time=opts.time or "02:00:00"),
-                             tuple((j.key, None) for j in jobs)))
+                             tuple(After(j.key) for j in jobs)))
+    n = prediction_parts(exp)
+    if n is not None:
+        # each part a task of the cells' wrapper and gres (one GPU per part: nnUNetv2_predict uses one), as requeued
+        jobs.append(ChainJob("predict_parts", replace(
+            base, job_name=f"{stem}-predict-parts", command=("predict",), tasks=n,
+            args=("--part", f'"${{SLURM_ARRAY_TASK_ID}}/{n}"')), (After("find_best"),)))
+        # afterany on the whole array: a part that ended 1 (a poison case set aside) or crashed must not hold the
+        # rest back; the tail ensembles and postprocesses every other case and names the failed ones (exit 1). It
+        # gets the cells' gres too: it predicts whatever a part left (a part that crashed, was cancelled or timed
+        # out), which needs the GPU nnUNetv2_predict was told to use. afterok on find_best as well: where the parts
+        # never run (find_best failed) and the cluster cancels them (kill_invalid_depend), the tail must not run.
+        # --no-parts: the parts ran as the array's tasks; the tail does not cut the input again on its one GPU
+        jobs.append(ChainJob("predict", replace(base, job_name=f"{stem}-predict", command=("predict",),
+                                                args=("--no-parts",), max_parallel=None),
+                             (After("find_best"), After("predict_parts", kind="afterany"))))
     return jobs
 
 
 def dependency(job: ChainJob, ids: dict[str, str]) -> str | None:
-    """sbatch's --dependency for a job, given the ids of those submitted before it."""
-    parts = []
-    for key, tasks in job.after:
-        if key not in ids:
+    """sbatch's --dependency for a job, given the ids of those submitted before it: one list per kind, all of
+    them to hold (`afterok:1:2,afterany:3`)."""
+    kinds: dict[str, list[str]] = {}
+    for wait in job.after:
+        if wait.key not in ids:
             continue
-        parts += [f"{ids[key]}_{t}" for t in tasks] if tasks is not None else [ids[key]]
-    return "afterok:" + ":".join(parts) if parts else None
+        jid = ids[wait.key]
+        kinds.setdefault(wait.kind, []).extend(
+            [f"{jid}_{t}" for t in wait.tasks] if wait.tasks is not None else [jid])
+    return ",".join(f"{kind}:" + ":".join(found) for kind, found in kinds.items()) or None
 
 
 def submitter(jobs: list[ChainJob]) -> str:

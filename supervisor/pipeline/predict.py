@@ -22,24 +22,29 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from supervisor.daemon.process import ProcessOps
 from supervisor.daemon.runner import Engine
+from supervisor.deploy import slurm
 from supervisor.errors import ConfigError, ExitCode, RunDirError
 from supervisor.experiment.context import ExperimentContext
 from supervisor.fileread import read_bytes
 from supervisor.layout import PipelineLayout, PredictLayout
+from supervisor.observe.prediction import PARTS_STEP
+from supervisor.pipeline.parts import PartsRun
+from supervisor.pipeline.parts import verdict as parts_verdict
 from supervisor.rundir.eventlog import EventLog, read_events
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
 from supervisor.stages.combining.stage import CombineJob, CombineStage
 from supervisor.stages.prediction.chosen import Chosen, Model, read_chosen
 from supervisor.stages.prediction.context import PredictContext, folders
+from supervisor.stages.prediction.parts import Part, parts_wanted
 from supervisor.stages.prediction.stage import PredictionStage
 
 log = logging.getLogger("nnunet_supervise")
@@ -127,10 +132,20 @@ class PredictionPipeline:
     """Runs the plan's steps in order, each on the engine; returns the exit code (contract: "Prediction")."""
 
     def __init__(self, exp: ExperimentContext, input_dir: Path, output: Path,
-                 engine: Callable[[Any, ProcessOps], int] | None = None, wall: Callable[[], float] = time.time) -> None:
+                 engine: Callable[[Any, ProcessOps], int] | None = None, wall: Callable[[], float] = time.time,
+                 part: Part | None = None, retry_failed: bool = False, devices: Sequence[str | None] | None = None,
+                 parts_run: Callable[[PartsRun], dict[Part, int]] = PartsRun.run) -> None:
         self.exp, self.input, self.output, self.wall = exp, input_dir, output, wall
-        self.layout = PipelineLayout(output)
+        self.part, self.retry_failed, self.parts_run = part, retry_failed, parts_run
+        whole = PipelineLayout(output)
+        self.layout = whole if part is None else PipelineLayout(output, whole.supervisor_dir / part.name)
         self.plan = plan(exp, output)
+        if part is not None:  # a part predicts its cases with each model; the whole ensembles and postprocesses
+            self.plan = Plan(self.plan.chosen, tuple(replace(s, run_dir=s.run_dir / part.name)
+                                                     for s in self.plan.steps if s.kind == "predict"))
+        # one part per device: the parts run at once, each its own supervisor, before the whole's steps
+        self.devices: Sequence[str | None] = (devices if devices is not None else part_devices(exp)) \
+            if part is None else [None]
         self.events = EventLog(self.layout.events_file, wall)
         self.store = StateStore(self.layout.state_file)
         self.engine = engine or (lambda stage, ops: Engine(stage, ops).run())
@@ -148,23 +163,21 @@ class PredictionPipeline:
     def stage(self, step: Step, ops: ProcessOps) -> PredictionStage:
         """The engine's stage for one step (ConfigError: a model's checkpoint or dataset.json is missing)."""
         chosen = self.plan.chosen
+        layout = PredictLayout(step.output, step.run_dir)
         if step.kind == "predict":
             assert step.model is not None
             pctx = PredictContext.for_model(self.exp.config_path, self._config(step.model), self.input, step.output,
-                                            list(chosen.folds), save_probabilities=chosen.ensemble,
-                                            prev_stage=step.prev_stage)
-            stage = PredictionStage(pctx, ops)
+                                            list(chosen.folds), save_probabilities=True if chosen.ensemble else None,
+                                            prev_stage=step.prev_stage, layout=layout, part=self.part)
+            stage = PredictionStage(replace(pctx, retry_failed=self.retry_failed), ops)
         else:
             first = chosen.models[0]
             model_out = self.layout.supervisor_dir / "models"
             sources = tuple(model_out / m.name for m in chosen.models) if step.kind == "ensemble" else \
                 (self.layout.supervisor_dir / "ensemble",) if chosen.ensemble else (model_out / first.name,)
-            base = PredictContext.for_model(self.exp.config_path, self._config(first), self.input, step.output,
-                                            list(chosen.folds), save_probabilities=False)
-            cfg = base.config.model_copy(update={"predict": base.config.predict.model_copy(
-                update={"save_probabilities": False})})
-            pctx = PredictContext(base.config_path, cfg, base.run, self.input, step.output, base.folds,
-                                  base.model_dir, base.file_ending, PredictLayout(step.output, step.run_dir))
+            # the combined outputs are segmentations only, whatever the models saved
+            pctx = PredictContext.for_model(self.exp.config_path, self._config(first), self.input, step.output,
+                                            list(chosen.folds), save_probabilities=False, layout=layout)
             job = CombineJob("ensemble" if step.kind == "ensemble" else "postprocess", sources, chosen.plans_file,
                              chosen.postprocessing_file if step.kind == "postprocess" else None)
             stage = CombineStage(pctx, job, ops)
@@ -191,6 +204,10 @@ class PredictionPipeline:
                 code = self._steps()
             finally:  # pipeline.json never says "running" of a pipeline that is gone (a ConfigError, a lock)
                 self._persist(code)
+            # preempted between two steps (during one, the engine asks): SLURM runs the job again
+            requeued = slurm.requeue_if_preempted(self._stop, code, os.environ)
+            if requeued is not None:
+                self.events.record(requeued.event, **requeued.fields)
             return code
         finally:
             for sig, old in previous.items():
@@ -201,8 +218,32 @@ class PredictionPipeline:
         # between two steps (during one, the engine's own handlers stop it resumably)
         self._stop = signal.Signals(signum).name
 
+    def _run_parts(self) -> int | None:
+        """The parts, at once, each a supervisor of its own; None to go on with the whole's steps, else the code."""
+        command = ["predict", str(self.exp.config_path), "-i", str(self.input), "-o", str(self.output),
+                   *(["--retry-failed"] if self.retry_failed else [])]
+        run = PartsRun(command, self.devices, self.layout.supervisor_dir, PipelineLayout(self.output).lock_file.name,
+                       self.events, lambda: self._stop)
+        codes = self.parts_run(run)
+        code = parts_verdict(codes)
+        if code is not None:
+            self.events.record("stopped" if code == ExitCode.STOPPED else "incomplete", step="parts", code=code)
+            return code
+        odd = {str(p): c for p, c in codes.items() if c not in (ExitCode.FINISHED, ExitCode.GAVE_UP)}
+        if odd:
+            log.warning("part(s) %s ended without finishing (see their logs in %s): the whole prediction predicts "
+                        "what they left", ", ".join(f"{p} (exit {c})" for p, c in odd.items()),
+                        self.layout.supervisor_dir)
+        return None
+
     def _steps(self) -> int:
         total = 0
+        if len(self.devices) > 1:
+            self.current = PARTS_STEP
+            self._persist(None)
+            code = self._run_parts()
+            if code is not None:
+                return code
         for step in self.plan.steps:
             if self._stop is not None:
                 self.events.record("stopped", reason=self._stop, before=step.name)
@@ -238,6 +279,10 @@ class PredictionPipeline:
                         total, names)
             return ExitCode.GAVE_UP
         self.events.record("finished", cases_total=total)
+        if self.part is not None:
+            log.info("part %s finished: each of its %d case(s) predicted by every model, each output verified",
+                     self.part, total)
+            return ExitCode.FINISHED
         log.info("prediction finished: every one of %d case(s) has a verified, postprocessed output in %s", total,
                  self.output)
         return ExitCode.FINISHED
@@ -260,6 +305,7 @@ class PredictionPipeline:
             "steps": [{"name": s.name, "kind": s.kind, "output": str(s.output), "run_dir": str(s.run_dir),
                        **self.done.get(s.name, {})} for s in self.plan.steps],
             "cases_failed": {c: why for c, why in sorted(self.failed.items())},
+            "part": str(self.part) if self.part is not None else None, "parts": len(self.devices),
         })
 
 
@@ -280,8 +326,25 @@ def summary_line(s: dict[str, Any]) -> str:
     return f"{s['cases_verified']}/{s['cases_total']} case(s) verified{per}, {restarts} restart(s){failed}"
 
 
-def predict_experiment(exp: ExperimentContext, input_dir: str | None, output_dir: str | None) -> int:
-    """`nnunet-supervise predict EXPERIMENT [-i] [-o]`."""
+def part_devices(exp: ExperimentContext) -> list[str | None]:
+    """One entry per part of the experiment's prediction (predict.parts; auto: one per GPU, per CPU slot on the
+    CPU): the GPU it predicts on, None on the CPU."""
+    spec = exp.spec
+    gpus: list[str] = []
+    if spec.nnunet.device == "cuda":
+        from supervisor.experiment.devices import pool
+
+        try:
+            gpus = [d.name for d in pool(exp)[0]]
+        except ConfigError:
+            gpus = []  # none found: one part, on what CUDA_VISIBLE_DEVICES says
+    n = parts_wanted(spec.predict.parts, spec.nnunet.device, gpus, spec.experiment.devices.slots)
+    return [gpus[k % len(gpus)] if gpus else None for k in range(n)]
+
+
+def predict_experiment(exp: ExperimentContext, input_dir: str | None, output_dir: str | None,
+                       part: Part | None = None, retry_failed: bool = False, no_parts: bool = False) -> int:
+    """`nnunet-supervise predict EXPERIMENT [-i] [-o] [--part K/N | --no-parts] [--retry-failed]`."""
     p = exp.spec.predict
     inp, out, problems = folders(exp.config_path, p, input_dir, output_dir)
     if problems:
@@ -289,5 +352,6 @@ def predict_experiment(exp: ExperimentContext, input_dir: str | None, output_dir
     if p.folds is not None:
         raise ConfigError(["predict.folds: in an experiment file, the folds are find_best's (leave it out)"],
                           str(exp.config_path))
-    return PredictionPipeline(exp, inp, out).run()
+    devices: list[str | None] | None = [None] if no_parts else None
+    return PredictionPipeline(exp, inp, out, part=part, retry_failed=retry_failed, devices=devices).run()
 

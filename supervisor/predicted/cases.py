@@ -148,6 +148,18 @@ class VerdictCache:
         self._entries = dict(entries)
         return self
 
+    def adopt(self, others: Sequence[Path]) -> None:
+        """Take in the ok verdicts other caches hold (the parts' of one prediction, for the whole one): an entry
+        counts only while its files are still exactly those it was made of (get), so a foreign one costs nothing."""
+        if not self._loaded:
+            self.load()
+        for path in others:
+            other = VerdictCache(path).load()
+            for key, sig in other._entries.items():
+                if key not in self._entries:
+                    self._entries[key] = sig
+                    self._dirty = True
+
     def get(self, request: OutputRequest) -> OutputVerdict | None:
         """The ok verdict kept for these very files, if any."""
         if not self._loaded:

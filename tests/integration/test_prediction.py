@@ -107,3 +107,28 @@ def test_prediction_killed_midway_continues_a_poison_case_is_set_aside_and_a_tor
     events = list(read_events(run_dir / "events.jsonl"))
     assert sum(1 for e in events if e["event"] == "launch") == launches
     assert events[-1]["event"] == "finished" and events[-1].get("already") is True
+
+    # in two parts at once (predict.parts: 2), into a new folder: each part a supervisor of its own with its own run
+    # directory, the cases cut between them; then the whole verifies what they made (their verdicts taken in) and
+    # launches nothing
+    split = tmp_path / "pred-parts"
+    config = write_config(
+        nnunet={"env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_npp": "1", "nnUNet_nps": "1"}},
+        predict={"input": str(images), "output": str(split), "checkpoint": "checkpoint_latest.pth",
+                 "extra_args": ["--disable_tta"], "parts": 2})
+    assert predict(config).wait(timeout=300) == 0, config.with_suffix(".predict.log").read_text()[-3000:]
+    whole = split / "supervisor"
+    mine = []
+    for k in range(2):
+        part_dir = whole / f"part-{k}-of-2"
+        state = StateStore(part_dir / "state.json").load()
+        assert state["state"] == "finished", (whole / f"part-{k}-of-2.log").read_text()[-2000:]
+        mine.append(state["predict"]["cases_total"])
+        assert any(e["event"] == "launch" for e in read_events(part_dir / "events.jsonl"))
+    assert sorted(mine) == [len(cases) // 2, len(cases) - len(cases) // 2]
+    assert not any(e["event"] == "launch" for e in read_events(whole / "events.jsonl"))
+    assert sorted(p.name[: -len(".nii.gz")] for p in split.glob("*.nii.gz")) == cases
+    status = subprocess.run([sys.executable, "-m", "supervisor", "status", str(config), "--json"],
+                            capture_output=True, text=True, check=True)
+    shown = json.loads(status.stdout)["predict"]
+    assert shown["cases_done"] == len(cases) and [p["part"] for p in shown["parts"]] == ["0/2", "1/2"]

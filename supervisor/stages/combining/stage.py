@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from supervisor.command import nnunet_tool
 from supervisor.core.lifecycle import Words
 from supervisor.core.messages import Spawn
-from supervisor.core.remedies import COMBINE_VAR, Ladder, Outcome, Remedies, RemedyOptions, Setting, user_settings
+from supervisor.core.remedies import COMBINE_VAR, Ladder, Outcome, Remedies, Setting
 from supervisor.core.stall import AttemptPhase
 from supervisor.evidence.allocation import read_allocation
 from supervisor.stages.prediction.context import PredictContext
@@ -85,23 +85,20 @@ class CombineStage(PredictionStage):
     """One supervised nnUNetv2_ensemble or nnUNetv2_apply_postprocessing, for the engine."""
 
     watch_type = CombineWatch
+    ladder_type = CombineLadder
 
     def __init__(self, pctx: PredictContext, job: CombineJob, ops: ProcessOps,
                  environ: Mapping[str, str] | None = None) -> None:
-        super().__init__(pctx, ops, environ)
+        env = os.environ if environ is None else environ
+        self.processes = fitted_processes(env)  # before the ladder is made (setting)
+        super().__init__(pctx, ops, env)
         self.job = job
         self.name = "ensembling" if job.kind == "ensemble" else "postprocessing"
         self.words = words(job.kind)
-        env = os.environ if environ is None else environ
-        self.processes = fitted_processes(env)
         self.user_np = env.get(COMBINE_VAR)  # the user's own -np, from the supervisor's environment
-        self.ladder = None
-        if self.config.remedies.enabled:
-            values, sources = user_settings(self.config.nnunet.env, env)
-            r = self.config.remedies
-            self.ladder = CombineLadder(RemedyOptions(workers=r.workers, override_user=r.override_user),
-                                        Setting(default_workers=1, user_env=values, user_source=sources,
-                                                default_combine=self.processes))
+
+    def setting(self, values: dict[str, str], sources: dict[str, str], environ: Mapping[str, str]) -> Setting:
+        return Setting(default_workers=1, user_env=values, user_source=sources, default_combine=self.processes)
 
     def _links(self, todo: list[str]) -> dict[Path, dict[str, Path]]:
         """One staged folder per source, with the links to what the tool reads of each case still to do and the

@@ -14,6 +14,7 @@ from supervisor.errors import ConfigError
 from supervisor.expfile import is_experiment
 from supervisor.fileread import read_bytes
 from supervisor.layout import PredictLayout
+from supervisor.stages.prediction.parts import Part
 
 Fold = Union[int, Literal["all"]]
 
@@ -32,14 +33,18 @@ class PredictContext:
     file_ending: str  # the model's dataset.json: what inputs and outputs end in
     layout: PredictLayout
     prev_stage: Path | None = None  # a cascade's: the low-resolution model's segmentations of the same input
+    part: Part | None = None  # only this part of the input cases (stages.prediction.parts), in its own run directory
+    retry_failed: bool = False  # cases set aside before are tried again (--retry-failed)
 
     @classmethod
     def for_model(cls, config_path: Path, config: Config, input_dir: Path, output: Path, folds: list[Fold],
-                  save_probabilities: bool, prev_stage: Path | None = None) -> PredictContext:
+                  save_probabilities: bool | None = None, prev_stage: Path | None = None,
+                  layout: PredictLayout | None = None, part: Part | None = None) -> PredictContext:
         """One model of an experiment's prediction (the fold config of its configuration): ConfigError names a
-        missing checkpoint or dataset.json."""
-        cfg = config.model_copy(update={"predict": config.predict.model_copy(update={
-            "save_probabilities": save_probabilities or config.predict.save_probabilities})})
+        missing checkpoint or dataset.json. save_probabilities None: the predict section's; layout None: the run
+        directory is <output>/supervisor/."""
+        cfg = config if save_probabilities is None else config.model_copy(update={
+            "predict": config.predict.model_copy(update={"save_probabilities": save_probabilities})})
         run = RunContext.from_config(config_path, cfg)
         model_dir = run.layout.fold_dir.parent
         problems = _missing(model_dir, folds, cfg.predict.checkpoint)
@@ -49,14 +54,15 @@ class PredictContext:
         if problems:
             raise ConfigError(problems, str(config_path))
         assert ending is not None
-        return cls(config_path, cfg, run, input_dir, output, folds, model_dir, ending, PredictLayout(output),
-                   prev_stage)
+        return cls(config_path, cfg, run, input_dir, output, folds, model_dir, ending,
+                   layout or PredictLayout(output), prev_stage, part)
 
     @classmethod
     def load(cls, config_path: Path, doc: Any = None, input_dir: str | None = None,
-             output_dir: str | None = None) -> PredictContext:
+             output_dir: str | None = None, part: Part | None = None) -> PredictContext:
         """Load and resolve; ConfigError names what is wrong. -i / -o override predict.input / predict.output
-        (relative to the current folder, as on any command line; the file's own paths count from its folder)."""
+        (relative to the current folder, as on any command line; the file's own paths count from its folder); a
+        part predicts in its own run directory, <output>/supervisor/part-K-of-N/."""
         config_path = config_path.resolve()
         source = str(config_path)
         doc = read_document(config_path) if doc is None else doc
@@ -78,7 +84,9 @@ class PredictContext:
         if problems:
             raise ConfigError(problems, source)
         assert ending is not None
-        return cls(config_path, cfg, run, inp, out, folds, model_dir, ending, PredictLayout(out))
+        whole = PredictLayout(out)
+        layout = whole if part is None else PredictLayout(out, whole.supervisor_dir / part.name)
+        return cls(config_path, cfg, run, inp, out, folds, model_dir, ending, layout, None, part)
 
 
 def folders(config_path: Path, p: PredictSection, input_dir: str | None,

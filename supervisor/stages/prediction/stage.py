@@ -40,14 +40,16 @@ from supervisor.core.poison import PoisonWatch, after_attempt
 from supervisor.core.remedies import Ladder, Outcome, Remedies, RemedyOptions, Setting, user_settings
 from supervisor.core.rules import DiskWatch, Every
 from supervisor.core.stall import AttemptPhase, StallRules
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, LockedError
 from supervisor.evidence.collect import AttemptEvidence
 from supervisor.fileread import read_bytes
 from supervisor.layout import RunFiles
 from supervisor.predicted.cases import OutputVerdict, VerdictCache, input_cases, output_files, segmentation_file
 from supervisor.predicted.verify import OutputCheckError, verify_outputs
+from supervisor.rundir.eventlog import read_events
 from supervisor.stages.cases import CaseWatch, carried_gaps, disk_check
 from supervisor.stages.prediction.context import PredictContext
+from supervisor.stages.prediction.parts import live_parts
 from supervisor.stages.stage import Look, PrepareJob
 from supervisor.stages.training.traininglog import read_tail
 from supervisor.trainer.protocol import MARKER_VAR
@@ -107,6 +109,7 @@ class PredictionStage:
     name = "prediction"
     words = WORDS
     watch_type: type[PredictWatch] = PredictWatch
+    ladder_type: type[Ladder] = PredictLadder
 
     def __init__(self, pctx: PredictContext, ops: ProcessOps, environ: Mapping[str, str] | None = None) -> None:
         self.pctx, self.ops = pctx, ops
@@ -120,17 +123,20 @@ class PredictionStage:
         if self.config.remedies.enabled:
             values, sources = user_settings(self.config.nnunet.env, env)
             r = self.config.remedies
-            self.ladder = PredictLadder(RemedyOptions(workers=r.workers, override_user=r.override_user),
-                                        Setting(default_workers=1, user_env=values, user_source=sources))
+            self.ladder = self.ladder_type(RemedyOptions(workers=r.workers, override_user=r.override_user),
+                                           self.setting(values, sources, env))
         hb = self.config.heartbeat
         self.rules = StallRules(startup_grace_s=hb.startup_grace_s, floor_s=self.config.predict.stall_floor_s,
                                 stall_timeout_s=None if hb.stall_timeout_s == "auto" else float(hb.stall_timeout_s))
-        self.cases, self.ignored = input_cases(pctx.input, pctx.file_ending)
-        if not self.cases:
+        every, self.ignored = input_cases(pctx.input, pctx.file_ending)
+        if not every:
             raise ConfigError([f"predict.input: no case in {pctx.input} (nnU-Net's layout: CASE_0000"
                                f"{pctx.file_ending}, CASE_0001{pctx.file_ending} ... per channel)"],
                               str(pctx.config_path))
+        self.cases = pctx.part.take(every) if pctx.part is not None else every
         self.cache = VerdictCache(self.layout.supervisor_dir / "verified-outputs.json")
+        if pctx.part is None:  # what the parts verified is not read again (an entry counts only for unchanged files)
+            self.cache.adopt(sorted(self.layout.supervisor_dir.glob("part-*-of-*/verified-outputs.json")))
         self.watch: PredictWatch | None = None
         self.evidence: AttemptEvidence | None = None
         self.evidence_every = Every(EVIDENCE_SAMPLE_S)
@@ -145,6 +151,10 @@ class PredictionStage:
         self._gaps: list[float] = []
         self._segs = {case: segmentation_file(pctx.output, case, pctx.file_ending) for case in self.cases}
         self.reader = _reader(pctx.model_dir / "plans.json")  # the plans' image reader-writer, for other formats
+
+    def setting(self, values: dict[str, str], sources: dict[str, str], environ: Mapping[str, str]) -> Setting:
+        """What the ladder starts from: the user's own values, and the defaults where they set none."""
+        return Setting(default_workers=1, user_env=values, user_source=sources)
 
     @property
     def work_dir(self) -> Path:
@@ -228,6 +238,11 @@ class PredictionStage:
 
     def remember(self, previous: dict[str, Any]) -> None:
         self._gaps = carried_gaps(previous)
+        # never two predictors on one case: the whole prediction and a part of it exclude each other
+        busy = live_parts(self.layout.supervisor_dir, self.pctx.part, self.layout.lock_file.name)
+        if busy:
+            raise LockedError(f"{', '.join(map(str, busy))} of this prediction is run by another live supervisor; "
+                              "let it finish (or stop it) first")
 
     def begin(self) -> Begin:
         self.pctx.output.mkdir(parents=True, exist_ok=True)
@@ -241,8 +256,33 @@ class PredictionStage:
         except OutputCheckError as exc:  # said again, and decided on, by the launch's preparation
             log.warning("the outputs could not be verified yet: %s", exc)
             return Begin(finished=False, resume=False, best_epoch=0)
-        left = [c for c in missing if c not in self.failed]  # failed: set aside by the step before (ensembling)
+        self._set_aside_before(missing)
+        left = [c for c in missing if c not in self.failed]  # failed: set aside by the step before, or earlier
         return Begin(finished=not bad and not left, resume=False, best_epoch=len(self.verified))
+
+    def _set_aside_before(self, missing: list[str]) -> None:
+        """Cases an earlier run of this prediction (or one of its parts) proved to fail the predictor on their own:
+        kept aside while their input files are those it failed on (a case whose input was replaced is tried
+        again), unless the user asked to try them again (--retry-failed)."""
+        folders = [self.layout.supervisor_dir]
+        if self.pctx.part is None:
+            folders += sorted(self.layout.supervisor_dir.glob("part-*-of-*"))
+        earlier: dict[str, str] = {}
+        for folder in folders:
+            for e in read_events(folder / "events.jsonl", warn=False):
+                case = e.get("case")
+                if e.get("event") == "case_failed" and case in missing and case not in self.failed \
+                        and e.get("inputs") == input_stamp(self.cases[case]):
+                    earlier[case] = str(e.get("reason") or "failed the predictor on its own")
+        if not earlier:
+            return
+        if self.pctx.retry_failed:
+            log.info("trying again %d case(s) set aside before (--retry-failed): %s", len(earlier),
+                     ", ".join(sorted(earlier)))
+            return
+        self.failed.update(earlier)
+        log.warning("%d case(s) set aside before are left out again, their input unchanged: %s (replace the input, "
+                    "or run with --retry-failed to try them again)", len(earlier), ", ".join(sorted(earlier)))
 
     def start(self) -> None:
         pass
@@ -371,7 +411,8 @@ class PredictionStage:
         if verdict.set_aside is not None:
             why = classify_exit(returncode, tail, False).summary
             self.failed[verdict.set_aside] = why
-            self._pending.append(Record("case_failed", {"case": verdict.set_aside, "reason": why}))
+            self._pending.append(Record("case_failed", {"case": verdict.set_aside, "reason": why,
+                                                        "inputs": input_stamp(self.cases[verdict.set_aside])}))
 
     def stop_request(self, ev: StopRequested) -> StopRequested:
         return ev  # every output written is kept; a torn one is caught before the next launch
@@ -400,6 +441,18 @@ class PredictionStage:
     def gpu_request(self) -> tuple[str, str | None, int] | None:
         nn = self.config.nnunet
         return nn.device, nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES")), 1
+
+
+def input_stamp(channels: list[Path]) -> list[list[Any]]:
+    """What identifies a case's input files cheaply: [name, size, mtime_ns] each ([name] when one is unreadable)."""
+    out: list[list[Any]] = []
+    for path in channels:
+        try:
+            st = os.stat(path)
+            out.append([path.name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([path.name])
+    return out
 
 
 def _reader(plans: Path) -> str | None:

@@ -37,6 +37,19 @@ def test_folds_make_a_job_array_whose_task_id_is_the_fold(tmp_path: Path) -> Non
         RunContext.load(ctx.config_path, "x")
 
 
+def test_tasks_make_an_array_over_the_command_itself_with_its_words_as_written(tmp_path: Path) -> None:
+    """An experiment's prediction in parts: no table, the task id read by the command's own words."""
+    spec = slurm.JobSpec(job_name="parts", python="/venv/bin/python", config=tmp_path / "exp.yaml",
+                         log_dir=tmp_path, environment={}, command=("predict",), tasks=3,
+                         args=("--part", '"${SLURM_ARRAY_TASK_ID}/3"'), max_parallel=2)
+    text = slurm.render(spec)
+    assert "#SBATCH --array=0-2%2" in text and "slurm-%x-%A_%a.out" in text and "#SBATCH --requeue" in text
+    assert "CELLS=(" not in text and "--fold" not in text
+    assert text.rstrip().splitlines()[-1] == \
+        f'exec /venv/bin/python -m supervisor predict {tmp_path / "exp.yaml"} --part "${{SLURM_ARRAY_TASK_ID}}/3"'
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
 @pytest.mark.parametrize(("reason", "code", "env", "expected"), [
     ("SIGUSR1", 75, {"SLURM_JOB_ID": "7"}, True),
     ("SIGTERM", 75, {"SLURM_JOB_ID": "7"}, False),  # scancel or the time limit: no requeue
