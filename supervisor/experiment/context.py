@@ -4,7 +4,7 @@ waits for, the cells (configuration x fold), and the experiment's own folder."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -90,6 +90,9 @@ class ExperimentContext:
     data_identifiers: dict[str, str]  # configuration -> its preprocessed data's folder name
     cells: list[Cell]
     layout: ExperimentLayout
+    # configuration -> its previous_stage, for every configuration of the plans (a chosen cascade the experiment
+    # did not train is predicted after its low-resolution stage all the same)
+    previous_stages: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config_path: Path, doc: Any = None) -> ExperimentContext:
@@ -105,13 +108,13 @@ class ExperimentContext:
             paths = resolve_paths(spec, config_path.parent)
             roots = [p for p in (paths.preprocessed, paths.raw, paths.results) if p is not None]
             name = resolve_dataset_name(spec.nnunet.dataset, roots)
-            configurations, waits_for, idents = _configurations(spec, paths.preprocessed / name)
+            configurations, waits_for, idents, previous = _configurations(spec, paths.preprocessed / name)
         except ConfigError as exc:
             raise ConfigError(exc.problems, source) from None
         folds = [parse_fold(f) for f in spec.experiment.folds]
         cells = [Cell(c, f) for c in configurations for f in folds]
         layout = ExperimentLayout(paths.results / name / f"nnunet-supervise__{config_path.stem}")
-        return cls(config_path, spec, paths, name, configurations, waits_for, idents, cells, layout)
+        return cls(config_path, spec, paths, name, configurations, waits_for, idents, cells, layout, previous)
 
     def run(self, cell: Cell) -> RunContext:
         """The fold supervisor's view of one cell (as `run FILE --configuration C --fold F` loads it), from the
@@ -148,8 +151,10 @@ class ExperimentContext:
                                    f"finished; add {stage} to the experiment or train it first"], str(self.config_path))
 
 
-def _configurations(spec: ExperimentFile, dataset: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """The configurations to train, in order, and their dependencies; ConfigError for what cannot be trained."""
+def _configurations(spec: ExperimentFile,
+                    dataset: Path) -> tuple[list[str], dict[str, str], dict[str, str], dict[str, str]]:
+    """The configurations to train, in order, their dependencies, their data identifiers, and every configuration's
+    previous stage in the plans; ConfigError for what cannot be trained."""
     plans_file = dataset / f"{spec.nnunet.plans}.json"
     try:
         plans = json.loads(read_bytes(plans_file, 64 << 20, "plans file"))
@@ -183,4 +188,5 @@ def _configurations(spec: ExperimentFile, dataset: Path) -> tuple[list[str], dic
             chosen.remove(later)
             chosen.insert(chosen.index(earlier) + 1, later)
     idents = {c: str(available[c].get("data_identifier", "")) for c in chosen}
-    return chosen, waits_for, idents
+    previous = {c: str(v["previous_stage"]) for c, v in available.items() if isinstance(v.get("previous_stage"), str)}
+    return chosen, waits_for, idents, previous

@@ -33,7 +33,6 @@ from supervisor.daemon.runner import Engine
 from supervisor.deploy import slurm
 from supervisor.errors import ConfigError, ExitCode, RunDirError
 from supervisor.experiment.context import ExperimentContext
-from supervisor.fileread import read_bytes
 from supervisor.layout import PipelineLayout, PredictLayout
 from supervisor.observe.prediction import PARTS_STEP
 from supervisor.pipeline.parts import PartsRun
@@ -96,7 +95,7 @@ def plan(exp: ExperimentContext, output: Path) -> Plan:
     steps: list[Step] = []
     made: set[str] = set()
     for m in chosen.models:
-        prev = exp.waits_for.get(m.configuration) or _previous_stage(exp, m.configuration)
+        prev = exp.waits_for.get(m.configuration) or exp.previous_stages.get(m.configuration)
         prev_out = None
         if prev is not None:  # the cascade: its low-resolution model predicts the same input first
             pm = Model(m.trainer, m.plans, prev)
@@ -112,20 +111,6 @@ def plan(exp: ExperimentContext, output: Path) -> Plan:
         steps.append(Step("ensemble", "ensemble", root / "ensemble", root / "ensemble" / "supervisor"))
     steps.append(Step("postprocess", "postprocess", output, root))
     return Plan(chosen, tuple(steps))
-
-
-def _previous_stage(exp: ExperimentContext, configuration: str) -> str | None:
-    """A configuration's previous_stage in the model's plans (the cascade), when the experiment did not train it."""
-    import json
-
-    from supervisor.experiment.context import plans_configurations
-
-    try:
-        doc = json.loads(read_bytes(exp.preprocessed / f"{exp.spec.nnunet.plans}.json", 64 << 20, "plans file"))
-    except (OSError, ValueError):
-        return None
-    prev = plans_configurations(doc if isinstance(doc, dict) else {}).get(configuration, {}).get("previous_stage")
-    return prev if isinstance(prev, str) else None
 
 
 class PredictionPipeline:

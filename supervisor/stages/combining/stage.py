@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from supervisor.command import nnunet_tool
 from supervisor.core.lifecycle import Words
-from supervisor.core.messages import Spawn
+from supervisor.core.messages import Event, LaunchFailed, Prepared, Spawn
 from supervisor.core.remedies import COMBINE_VAR, Ladder, Outcome, Remedies, Setting
 from supervisor.core.stall import AttemptPhase
 from supervisor.evidence.allocation import read_allocation
 from supervisor.stages.prediction.context import PredictContext
 from supervisor.stages.prediction.stage import PredictionStage, PredictWatch
+from supervisor.stages.stage import PrepareJob
 
 if TYPE_CHECKING:
     from supervisor.daemon.process import ProcessOps
@@ -119,11 +120,26 @@ class CombineStage(PredictionStage):
         return out
 
     def missing_sources(self) -> list[str]:
-        """Cases still to do whose source files are not all there (the step before did not make them)."""
+        """Cases still to do whose source files are not all there (the step before did not make them, or they went
+        away since it verified them)."""
         todo = [c for c in self.cases if c not in self.verified and c not in self.failed]
-        return [c for c in todo for links in self._links([c]).values()
-                for name, target in links.items() if name not in ("dataset.json", "plans.json")
-                and not target.is_file()]
+        return [c for c in todo if any(not target.is_file() for links in self._links([c]).values()
+                                       for name, target in links.items() if name not in ("dataset.json", "plans.json"))]
+
+    def prepare(self, resume: bool, gpu_wait: Callable[[], object],
+                remedies: tuple[tuple[str, str], ...]) -> PrepareJob:
+        verify_and_stage = super().prepare(resume, gpu_wait, remedies)
+
+        def run() -> tuple[Any, Event]:
+            outcome, event = verify_and_stage()
+            missing = self.missing_sources() if isinstance(event, Prepared) else []
+            if missing:  # the tool would fail on a dangling link, attempt after attempt: say what is wrong instead
+                return outcome, LaunchFailed(
+                    f"the step before has no output for {len(missing)} case(s) ({', '.join(missing[:5])}): run the "
+                    "prediction again, which makes what is missing before it combines", "sources_missing")
+            return outcome, event
+
+        return run
 
     def command(self, spawn: Spawn) -> tuple[list[str], dict[str, str]]:
         staged = [str(self.layout.supervisor_dir / f"input-{i}") for i in range(len(self.job.sources))]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.core.messages import Spawn
+from supervisor.core.messages import LaunchFailed, Prepared, Spawn
 from supervisor.core.remedies import COMBINE_VAR, Change, Exhausted, Keep, Remedies
 from supervisor.evidence.allocation import Allocation
 from supervisor.predicted.cases import OutputVerdict
@@ -119,9 +119,13 @@ def test_missing_sources_names_the_cases_the_step_before_did_not_make(make: Make
     source(tmp_path / "m0", "case_a", "case_b", probabilities=True)
     source(tmp_path / "m1", "case_a", probabilities=True)
     stage = make()
-    assert stage.missing_sources() == ["case_b", "case_b"]  # its .npz and .pkl in the second model
+    assert stage.missing_sources() == ["case_b"]  # its .npz and .pkl in the second model
+    _, event = stage.prepare(False, lambda: None, ())()
+    # nnUNetv2_ensemble would fail on the dangling link in every attempt: the launch fails, saying what to do
+    assert isinstance(event, LaunchFailed) and event.kind == "sources_missing" and "case_b" in event.reason
     stage.failed = {"case_b": "set aside"}
     assert stage.missing_sources() == []
+    assert isinstance(stage.prepare(False, lambda: None, ())()[1], Prepared)
 
 
 def test_a_case_set_aside_before_counts_as_settled_at_begin(make: Make, tmp_path: Path) -> None:
