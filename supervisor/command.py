@@ -10,7 +10,14 @@ from pathlib import Path
 
 from supervisor.context import RunContext
 from supervisor.errors import LaunchError
-from supervisor.trainer.protocol import ATTEMPT_VAR, HEARTBEAT_VAR, MARKER_VAR, SAVE_EVERY_EPOCHS_VAR, SAVE_EVERY_S_VAR
+from supervisor.trainer.protocol import (
+    ATTEMPT_VAR,
+    HEARTBEAT_VAR,
+    MARKER_VAR,
+    SAVE_EVERY_EPOCHS_VAR,
+    SAVE_EVERY_S_VAR,
+    SNAPSHOT_EVERY_S_VAR,
+)
 
 
 def nnunet_tool(name: str) -> str:
@@ -80,6 +87,7 @@ def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = No
         env[SAVE_EVERY_EPOCHS_VAR] = str(coop.save_every_epochs or 0)
         env[SAVE_EVERY_S_VAR] = "" if coop.save_every_s is None else repr(coop.save_every_s)
         env[HEARTBEAT_VAR] = str(ctx.layout.heartbeat_file)
+        env[SNAPSHOT_EVERY_S_VAR] = "" if coop.snapshot_every_s is None else repr(coop.snapshot_every_s)
     return env
 
 

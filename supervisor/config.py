@@ -175,6 +175,9 @@ class CooperativeSection(_Section):
     enabled: bool = False
     save_every_epochs: Union[int, None] = Field(1, ge=1)  # null: only save_every_s (and the trainer's own)
     save_every_s: Union[float, None] = Field(None, gt=0)
+    # a snapshot at a training step's boundary at least this often (copied in memory, written in the background):
+    # a hard crash costs at most this plus a step (null: none; the saves above and a stop's save at the next step)
+    snapshot_every_s: Union[float, None] = Field(None, gt=0)
     # extension: how long a stop request waits for the trainer to finish its epoch and save; auto = 2 x the
     # longest recent epoch + 60 s (600 s before one was seen), then SIGTERM/SIGKILL as without cooperation
     stop_timeout_s: Union[Literal["auto"], float] = "auto"

@@ -7,10 +7,17 @@ stock or custom, keeps its own overrides: the wrappers call the bound methods th
   `os.replace`d over the target and the folder fsynced. A crash at any instant leaves the old file whole.
 - on_epoch_end: afterwards, checkpoint_latest.pth is saved every `save_every_epochs` epochs and/or every
   `save_every_s` seconds (whatever the trainer's own `save_every`); then a pending stop request is honoured.
-- stop requests (SIGTERM, SIGUSR1 from the supervisor): the safe point is the end of the current epoch, the only
-  point where nnU-Net's checkpoint format (epoch counter, optimizer, logger with the EMA dice, LR from the epoch)
-  describes the state exactly. Save there, exit 75. Before the first epoch and after training (the final
-  validation, which a resume redoes) nothing would be lost, so it exits at once.
+- stop requests (SIGTERM, SIGUSR1 from the supervisor): the training step in flight is finished, then a checkpoint
+  is saved as nnU-Net saves one (the trainer's own save_checkpoint: model, optimizer, grad scaler, logger, epoch)
+  with where in the epoch it was added under STEP_KEY (steps done, the steps' losses), atomically, and the process
+  exits 75. The resume (load_checkpoint, then the first epoch's on_train_epoch_start) runs only that epoch's
+  remaining steps and hands on_train_epoch_end the earlier steps' outputs with its own, so the epoch is logged once,
+  with its LR and mean loss as in an uninterrupted run (patches are sampled at random: no data order to replay).
+  A stop in the epoch's validation steps saves at the epoch end; before the first epoch and after training (the
+  final validation, which a resume redoes) nothing would be lost, so it exits at once.
+- snapshot_every_s: at a step boundary at least this often, the checkpoint (with STEP_KEY) is copied to memory
+  (the trainer's own save_checkpoint, its torch.save caught) and written from a background thread, atomically;
+  the next step waits only for the copy. A hard crash then costs at most that interval plus a step.
 - train_step / validation_step: a heartbeat file, at most once a second, so the supervisor sees
   iteration-level progress.
 - a save that fails for lack of space leaves the old checkpoint intact, says so and exits 74; the supervisor
@@ -18,12 +25,15 @@ stock or custom, keeps its own overrides: the wrappers call the bound methods th
 - _set_batch_size_and_oversample: with NNUNET_SUPERVISE_BATCH_SIZE set (a remedy after a CUDA OOM that the user
   opted in to), the batch size the plans give is replaced; the plans, the results folder and the checkpoints stay.
 
-No torch import here: the trainer imports it; this module only orchestrates (and is unit-tested with a fake).
+No torch import here: the trainer imports it, and the shim uses the module it finds loaded (sys.modules) only to
+catch the trainer's own torch.save / torch.load calls; it is unit-tested with a fake.
 It imports nothing of the daemon (`supervisor.trainer.protocol` and `supervisor.atomic` only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import json
 import os
@@ -31,7 +41,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -46,6 +56,8 @@ from supervisor.trainer.protocol import (
     MARK,
     SAVE_EVERY_EPOCHS_VAR,
     SAVE_EVERY_S_VAR,
+    SNAPSHOT_EVERY_S_VAR,
+    STEP_KEY,
 )
 
 TMP_PREFIX = "."  # temp_path()'s naming, to find a killed save's leftovers
@@ -61,6 +73,7 @@ class Settings:
     heartbeat_min_interval_s: float = 1.0
     exit_grace_s: float = 60.0  # after a clean-exit request, os._exit if threads keep the process alive
     batch_size: int | None = None  # a remedy: the batch size instead of the plans'
+    snapshot_every_s: float | None = None  # a step-boundary snapshot at least this often (None: none)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -69,9 +82,84 @@ class Settings:
         seconds = env.get(SAVE_EVERY_S_VAR, "")
         beat = env.get(HEARTBEAT_VAR, "")
         batch = env.get(BATCH_SIZE_VAR, "")
+        snap = env.get(SNAPSHOT_EVERY_S_VAR, "")
         return cls(save_every_epochs=int(every) if every and int(every) > 0 else None,
                    save_every_s=float(seconds) if seconds else None, heartbeat=Path(beat) if beat else None,
-                   batch_size=int(batch) if batch.isdigit() and int(batch) > 0 else None)
+                   batch_size=int(batch) if batch.isdigit() and int(batch) > 0 else None,
+                   snapshot_every_s=float(snap) if snap and float(snap) > 0 else None)
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Where in an epoch a save was made: what the resume needs to finish that epoch as if never stopped."""
+
+    epoch: int  # the epoch in progress (nnU-Net's current_epoch while it runs)
+    steps_done: int
+    steps_total: int  # num_iterations_per_epoch
+    outputs: tuple[dict[str, float], ...]  # train_step's outputs so far, as plain numbers
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "steps_done": self.steps_done, "steps_total": self.steps_total,
+                "outputs": [dict(o) for o in self.outputs]}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> StepState | None:
+        """None for anything but a well-formed record (a foreign or damaged one is ignored: the epoch is redone)."""
+        if not isinstance(doc, dict):
+            return None
+        epoch, done, total, outputs = (doc.get(k) for k in ("epoch", "steps_done", "steps_total", "outputs"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, done, total)) \
+                or not isinstance(outputs, list) or not all(
+                    isinstance(o, dict) and all(isinstance(v, (int, float)) for v in o.values()) for o in outputs):
+            return None
+        assert isinstance(epoch, int) and isinstance(done, int) and isinstance(total, int)
+        if not 0 < done < total or len(outputs) != done:
+            return None
+        return cls(epoch, done, total, tuple(outputs))
+
+
+def resume_at(state: StepState | None, epoch: int, steps_total: int) -> StepState | None:
+    """The saved position when it belongs to the epoch about to run with the same number of steps, else None (a
+    plain nnU-Net checkpoint, or the trainer's iterations per epoch changed: the epoch runs whole)."""
+    if state is None or state.epoch != epoch or state.steps_total != steps_total:
+        return None
+    return state
+
+
+def as_numbers(output: Any) -> dict[str, float] | None:
+    """A train_step output as plain numbers (nnU-Net's {"loss": array(0.53)}); None when a value is not one number
+    (a custom trainer's array): such an epoch is saved at its end only."""
+    if not isinstance(output, dict):
+        return None
+    out = {}
+    for key, value in output.items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            return None
+    return out
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A copy that later training steps cannot change: tensors detached and copied to the CPU, the rest deep-copied."""
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    if hasattr(obj, "detach") and hasattr(obj, "to"):
+        return obj.detach().to("cpu", copy=True)
+    return copy.deepcopy(obj)
+
+
+@contextlib.contextmanager
+def patched(module: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """module.name replaced by make(original) for the duration (the trainer looks torch.save up at each call)."""
+    original = getattr(module, name)
+    setattr(module, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def say(message: str) -> None:
@@ -123,8 +211,9 @@ class Cooperation:
     """The state behind the wrappers of one trainer instance."""
 
     def __init__(self, trainer: Any, settings: Settings, clock: Callable[[], float] = time.monotonic,
-                 exit: Callable[[int], None] = sys.exit) -> None:
+                 exit: Callable[[int], None] = sys.exit, torch: Any = None) -> None:
         self.trainer, self.settings, self.clock, self._exit = trainer, settings, clock, exit
+        self._torch = torch  # None: the torch the trainer loaded, found when first needed
         self.phase = "startup"  # startup -> training -> validation
         self.stop_requested: str | None = None
         self.main_pid = os.getpid()
@@ -134,6 +223,18 @@ class Cooperation:
         self.last_event = clock()
         self.max_gap_s = 0.0
         self.iteration = 0
+        self.in_steps = False  # between on_train_epoch_start and on_train_epoch_end: a step-level save is possible
+        self.steps_total: int | None = None  # the trainer's num_iterations_per_epoch
+        self.outputs: list[dict[str, float]] | None = []  # this epoch's train_step outputs (None: not numbers)
+        self.carried: list[dict[str, float]] = []  # a resumed epoch's outputs from before the stop
+        self.resume: StepState | None = None  # from the checkpoint loaded, until its epoch starts
+        self.last_snapshot = clock()
+        self.writer: threading.Thread | None = None
+        self.write_error: BaseException | None = None
+
+    @property
+    def torch(self) -> Any:
+        return self._torch if self._torch is not None else sys.modules.get("torch")
 
     # ---- wrappers ----
 
@@ -142,6 +243,7 @@ class Cooperation:
         orig_save, orig_end = t.save_checkpoint, t.on_epoch_end
         orig_start, orig_train_end = t.on_epoch_start, t.on_train_end
         orig_train_step, orig_val_step = t.train_step, t.validation_step
+        self._orig_save = orig_save
         if self.settings.batch_size is not None:
             orig_batch = t._set_batch_size_and_oversample
 
@@ -173,6 +275,7 @@ class Cooperation:
             self.after_epoch()
 
         def on_train_end() -> None:
+            self.wait_for_writer()
             self.phase = "validation"  # from here a stop loses nothing: --c redoes the final validation
             orig_train_end()
             if self.stop_requested:
@@ -180,8 +283,7 @@ class Cooperation:
 
         def train_step(batch: Any) -> Any:
             out = orig_train_step(batch)
-            self.iteration += 1
-            self.beat()
+            self.after_step(out)
             return out
 
         def validation_step(batch: Any) -> Any:
@@ -191,10 +293,155 @@ class Cooperation:
 
         t.save_checkpoint, t.on_epoch_end, t.on_epoch_start = save_checkpoint, on_epoch_end, on_epoch_start
         t.on_train_end, t.train_step, t.validation_step = on_train_end, train_step, validation_step
+        self._install_steps()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
 
+    def _install_steps(self) -> None:
+        """The epoch's training steps as a unit a save can stop inside (nnU-Net's run_training: on_train_epoch_start,
+        num_iterations_per_epoch train_steps, on_train_epoch_end(their outputs)) and the resume that finishes it."""
+        t = self.trainer
+        if not all(hasattr(t, n) for n in ("on_train_epoch_start", "on_train_epoch_end", "load_checkpoint",
+                                            "num_iterations_per_epoch")):
+            return  # not nnU-Net's protocol: saves stay at the epoch end
+        orig_epoch_start, orig_epoch_end, orig_load = t.on_train_epoch_start, t.on_train_epoch_end, t.load_checkpoint
+
+        def load_checkpoint(filename_or_checkpoint: Any) -> None:
+            loaded: list[Any] = []
+
+            def catching(load: Callable[..., Any]) -> Callable[..., Any]:
+                def caught(*args: Any, **kwargs: Any) -> Any:
+                    loaded.append(load(*args, **kwargs))
+                    return loaded[-1]
+                return caught
+
+            torch = self.torch
+            if torch is not None and isinstance(filename_or_checkpoint, str):
+                with patched(torch, "load", catching):  # read once: nnU-Net's own load, its result kept
+                    orig_load(filename_or_checkpoint)
+            else:
+                orig_load(filename_or_checkpoint)
+                loaded.append(filename_or_checkpoint)
+            doc = loaded[-1].get(STEP_KEY) if loaded and isinstance(loaded[-1], dict) else None
+            self.resume = StepState.from_doc(doc)
+
+        def on_train_epoch_start() -> None:
+            orig_epoch_start()
+            self.steps_total = int(t.num_iterations_per_epoch)
+            self.outputs, self.carried = [], []
+            at = resume_at(self.resume, int(t.current_epoch), self.steps_total)
+            if self.resume is not None and at is None:
+                say(f"the checkpoint was saved inside epoch {self.resume.epoch} at step {self.resume.steps_done} of "
+                    f"{self.resume.steps_total}; epoch {int(t.current_epoch)} with {self.steps_total} steps runs "
+                    "whole")
+            self.resume = None
+            if at is not None:
+                # run_training's loop reads num_iterations_per_epoch after this returns: only the steps left
+                t.num_iterations_per_epoch = at.steps_total - at.steps_done
+                self.iteration, self.carried, self.outputs = at.steps_done, list(at.outputs), list(at.outputs)
+                say(f"resuming epoch {at.epoch} at step {at.steps_done + 1} of {at.steps_total} (saved inside the "
+                    "epoch)")
+            self.in_steps = True
+
+        def on_train_epoch_end(train_outputs: Any) -> Any:
+            self.in_steps = False
+            if self.steps_total is not None:
+                t.num_iterations_per_epoch = self.steps_total
+            outputs = [*self.carried, *train_outputs] if self.carried else train_outputs
+            self.carried = []
+            return orig_epoch_end(outputs)
+
+        t.load_checkpoint, t.on_train_epoch_start, t.on_train_epoch_end = \
+            load_checkpoint, on_train_epoch_start, on_train_epoch_end
+
     # ---- behaviour ----
+
+    def after_step(self, output: Any) -> None:
+        self.iteration += 1
+        if self.outputs is not None:
+            numbers = as_numbers(output)
+            self.outputs = None if numbers is None else [*self.outputs, numbers]
+        self.beat()
+        inside = self.in_steps and self.steps_total is not None and self.iteration < self.steps_total \
+            and self.outputs is not None
+        if not inside:
+            return  # the last step, or outside the steps: the epoch end saves (and honours a stop)
+        if self.stop_requested:
+            self.wait_for_writer()
+            state = self.step_state()
+            checkpoint = self.capture(state)
+            if checkpoint is not None:
+                self.write(checkpoint)
+                self.leave(f"stop requested ({self.stop_requested}); checkpoint_latest.pth holds epoch "
+                           f"{state.epoch} at step {state.steps_done} of {state.steps_total}")
+            return  # checkpointing is off: the epoch end decides, as before
+        every = self.settings.snapshot_every_s
+        if every is not None and self.clock() - self.last_snapshot >= every and not self.writing():
+            self.last_snapshot = self.clock()
+            checkpoint = self.capture(self.step_state())
+            if checkpoint is not None:
+                self.write(checkpoint, background=True)
+
+    def step_state(self) -> StepState:
+        assert self.steps_total is not None and self.outputs is not None
+        return StepState(int(self.trainer.current_epoch), self.iteration, self.steps_total, tuple(self.outputs))
+
+    def capture(self, state: StepState) -> dict[str, Any] | None:
+        """The checkpoint the trainer's own save_checkpoint would write now, copied into memory (its torch.save
+        caught), with where in the epoch it is; None where it writes none (checkpointing disabled)."""
+        torch, t = self.torch, self.trainer
+        if torch is None:
+            return None
+        caught: list[Any] = []
+
+        def catching(save: Callable[..., Any]) -> Callable[..., Any]:
+            def caught_save(obj: Any, *args: Any, **kwargs: Any) -> None:
+                caught.append(cpu_copy(obj))
+            return caught_save
+
+        t.current_epoch -= 1  # save_checkpoint stores current_epoch + 1: the epoch in progress is not complete
+        try:
+            with patched(torch, "save", catching):
+                self._orig_save(os.path.join(t.output_folder, "checkpoint_latest.pth"))
+        finally:
+            t.current_epoch += 1
+        if not caught or not isinstance(caught[0], dict):
+            return None
+        return {**caught[0], STEP_KEY: state.to_doc()}
+
+    def write(self, checkpoint: dict[str, Any], background: bool = False) -> None:
+        target = Path(self.trainer.output_folder) / "checkpoint_latest.pth"
+        save = self.torch.save
+
+        def run() -> None:
+            try:
+                atomic_save(lambda tmp: save(checkpoint, tmp), target)
+            except DiskFull as exc:
+                if not background:
+                    self.disk_full(str(exc), target)  # exits 74
+                    return
+                say(f"a snapshot was not written ({exc}); the previous {target.name} is intact")
+            except Exception as exc:  # a background write must never kill training: the next one tries again
+                if not background:
+                    raise
+                self.write_error = exc
+                say(f"a snapshot was not written ({exc}); the previous {target.name} is intact")
+
+        if not background:
+            run()
+            return
+        self.writer = threading.Thread(target=run, name="nnunet-supervise-snapshot", daemon=True)
+        self.writer.start()
+
+    def writing(self) -> bool:
+        return self.writer is not None and self.writer.is_alive()
+
+    def wait_for_writer(self) -> None:
+        """A snapshot still being written finishes before anything else writes checkpoint_latest (else the older
+        state, landing last, would replace the newer)."""
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -205,6 +452,7 @@ class Cooperation:
         due = (every is not None and since >= every) or \
             (seconds is not None and self.clock() - self.last_save_at >= seconds)
         # a stop always saves; otherwise when due, except at the last epoch (checkpoint_final follows)
+        self.wait_for_writer()
         if self.last_save_epoch != done and (self.stop_requested or (due and not last)):
             self.save_latest()
         self.beat(force=True)
@@ -254,8 +502,9 @@ class Cooperation:
             return
         self.stop_requested = name
         if self.phase == "training":
-            say(f"{name}: saving at the end of epoch {int(self.trainer.current_epoch)}, then exiting "
-                f"{EXIT_STOPPED}")
+            where = "after the training step in flight" if self.in_steps and self.outputs is not None else \
+                f"at the end of epoch {int(self.trainer.current_epoch)}"
+            say(f"{name}: saving {where}, then exiting {EXIT_STOPPED}")
             return
         self.leave(f"{name} during {self.phase}: nothing to save")
 

@@ -15,9 +15,15 @@ HEARTBEAT_VAR = "NNUNET_SUPERVISE_HEARTBEAT"  # cooperative mode: where the trai
 SAVE_EVERY_EPOCHS_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_EPOCHS"
 SAVE_EVERY_S_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_S"
 BATCH_SIZE_VAR = "NNUNET_SUPERVISE_BATCH_SIZE"  # cooperative mode, a remedy the user opted in to: the batch size
+SNAPSHOT_EVERY_S_VAR = "NNUNET_SUPERVISE_SNAPSHOT_EVERY_S"  # cooperative mode: a step-boundary snapshot this often
+
+# The key a cooperative save made inside an epoch adds to nnU-Net's checkpoint dict: where in the epoch it was
+# ({"epoch", "steps_done", "steps_total", "outputs"}; plain numbers, so a weights-only load reads it). nnU-Net's own
+# load_checkpoint ignores it (a plain --c resumes at the start of that epoch).
+STEP_KEY = "nnunet_supervise_step"
 
 # How the cooperative trainer ends when it is not finished.
-EXIT_STOPPED = ExitCode.STOPPED  # saved on request at an epoch end; resumable
+EXIT_STOPPED = ExitCode.STOPPED  # saved on request at the next step (or epoch end); resumable
 EXIT_DISK_FULL = ExitCode.DISK_FULL  # a save failed for lack of space; the previous checkpoint is intact
 
 # The short-lived helper processes (checkpoint probe, trainer lookup) answer with one line that starts with this.

@@ -253,3 +253,54 @@ def test_a_full_disk_keeps_the_checkpoint_and_waits_for_space(sparse_config: Any
     logs = training_logs(ctx)
     assert first_epoch(logs[1]) == held
     assert_nothing_of_the_run_left(ctx)
+
+
+def test_a_stop_inside_an_epoch_costs_no_step_and_a_sigkill_with_snapshots_costs_a_few(write_config: Any,
+                                                                                       tmp_path: Path) -> None:
+    """With steps of 0.4 s (8 an epoch) and a snapshot every second: a SIGKILL inside epoch 1 redoes only the steps
+    since the last snapshot; a stop inside epoch 2 saves after the step in flight, exits 75, and the next start
+    runs only that epoch's remaining steps; every epoch is logged once."""
+    import torch
+
+    steps = tmp_path / "steps.txt"
+    config = write_config(nnunet={"trainer": "nnUNetTrainer_SlowSteps", "trainer_paths": [str(SPARSE)],
+                                  "env": {"STEPS_FILE": str(steps), "nnUNet_n_proc_DA": "1"}},
+                          cooperative={"enabled": True, "save_every_epochs": 1, "snapshot_every_s": 1.0})
+    ctx = RunContext.load(config)
+
+    def ran(epoch: int) -> int:
+        return steps.read_text().split().count(str(epoch)) if steps.exists() else 0
+
+    sup = supervise(config)
+    try:
+        wait_for(lambda: ran(1) >= 6, 400, "six steps of epoch 1", interval_s=0.05)
+        killed_at = ran(1)
+        os.kill(int(json.loads(ctx.layout.heartbeat_file.read_text())["pid"]), signal.SIGKILL)
+        wait_for(lambda: 2 <= ran(2) <= 4, 400, "epoch 2 under way after the relaunch", interval_s=0.05)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=120) == 75
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    from supervisor.checkpoints.probe import check_content
+
+    saved, problems, _ = check_content(str(ctx.layout.fold_dir / "checkpoint_latest.pth"), {})
+    assert saved is not None and problems == []  # the supervisor's own weights-only probe takes it
+    inside = saved["nnunet_supervise_step"]
+    assert saved["current_epoch"] == 2 and inside["epoch"] == 2 and inside["steps_total"] == 8
+    assert 2 <= inside["steps_done"] < 8 and inside["steps_done"] == ran(2)  # the step in flight finished, kept
+    assert subprocess.run([sys.executable, "-m", "supervisor", "run", str(config)], timeout=300,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    assert ran(0) == 8 and ran(2) == 8  # the stop cost no step
+    redone = ran(1) - 8
+    # the snapshot of at most a second (2.5 steps) before, plus the step in flight at the kill
+    assert 0 <= redone <= 4, f"{redone} steps of epoch 1 redone (killed after {killed_at})"
+    attempts = [ctx.layout.attempt_log(n).read_text() for n in (1, 2, 3)]
+    assert "saving after the training step in flight" in attempts[1]
+    assert re.search(r"resuming epoch 1 at step \d of 8", attempts[1])
+    assert f"resuming epoch 2 at step {inside['steps_done'] + 1} of 8" in attempts[2]
+    final = torch.load(ctx.layout.fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    logging = final["logging"]
+    assert len(logging["train_losses"]) == len(logging["lrs"]) == 3  # each epoch logged once
+    assert logging["lrs"] == pytest.approx([round(1e-2 * (1 - e / 3) ** 0.9, 5) for e in range(3)], abs=1e-5)
+    assert_nothing_of_the_run_left(ctx)

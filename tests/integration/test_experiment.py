@@ -123,6 +123,13 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
     pipe = StateStore(exp.predict_layout().state_file).load()
     assert pipe["state"] == "finished" and pipe["steps"][-1]["name"] == "postprocess", pipe
     assert pipe["steps"][-1]["cases_verified"] == 3
+    # in two parts (two CPU slots), each a supervisor of its own, the experiment supervisor killed while they ran;
+    # the whole then found their work verified and combined it
+    assert pipe["parts"] == 2
+    shares = [StateStore(exp.predict_layout().supervisor_dir / f"part-{k}-of-2" / "pipeline.json").load()
+              for k in range(2)]
+    assert [s["state"] for s in shares] == ["finished", "finished"], shares
+    assert sorted(s["steps"][0]["cases_total"] for s in shares) == [1, 2]
     kinds = [s["kind"] for s in pipe["steps"]]
     assert kinds == (["predict", "predict", "ensemble", "postprocess"] if len(pipe["models"]) == 2
                      else ["predict", "postprocess"]), pipe

@@ -238,3 +238,199 @@ def test_an_opted_in_batch_size_remedy_replaces_the_plans_batch_size(tmp_path: P
     t._set_batch_size_and_oversample()  # nnU-Net calls it in initialize()
     assert t.batch_size == 4
     assert "batch size 4 instead of 8" in capsys.readouterr().out
+
+
+# ---- a stop inside an epoch, and snapshots ----
+
+class FakeTorch:
+    """torch.save / torch.load as the trainer calls them (looked up on the module at each call), in JSON."""
+
+    def __init__(self) -> None:
+        self.saved: list[str] = []
+
+    def save(self, obj: Any, f: str) -> None:
+        Path(f).write_text(json.dumps(obj))
+        self.saved.append(Path(f).name)
+
+    def load(self, f: str, **kwargs: Any) -> Any:
+        return json.loads(Path(f).read_text())
+
+
+def loss(epoch: int, step: int) -> float:
+    return 10.0 * epoch + step  # the same in every run: an interrupted run must log what an uninterrupted one does
+
+
+class NnUNetLike:
+    """nnU-Net's run_training loop and checkpoint format, without torch: what the shim wraps."""
+
+    def __init__(self, folder: Path, torch: FakeTorch, num_epochs: int = 3, steps: int = 5) -> None:
+        self.output_folder, self.torch, self.num_epochs = str(folder), torch, num_epochs
+        self.num_iterations_per_epoch = steps
+        self.current_epoch = 0
+        self.weights = 0.0  # "the model": the number of steps trained
+        self.logged: dict[int, float] = {}  # epoch -> mean train loss (nnU-Net's logger)
+        self.steps_run = 0
+
+    def save_checkpoint(self, filename: str) -> None:
+        self.torch.save({"network_weights": {"w": self.weights}, "current_epoch": self.current_epoch + 1,
+                         "logging": {str(k): v for k, v in self.logged.items()}}, filename)
+
+    def load_checkpoint(self, filename: str) -> None:
+        doc = self.torch.load(filename, weights_only=False)
+        self.weights, self.current_epoch = doc["network_weights"]["w"], doc["current_epoch"]
+        self.logged = {int(k): v for k, v in doc["logging"].items()}
+
+    def on_epoch_start(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        step = self.steps_run_in_epoch
+        self.steps_run_in_epoch += 1
+        self.steps_run += 1
+        self.weights += 1
+        return {"loss": loss(self.current_epoch, step + self.offset)}
+
+    def on_train_epoch_end(self, outputs: list[dict[str, float]]) -> None:
+        self.logged[self.current_epoch] = sum(o["loss"] for o in outputs) / len(outputs)
+
+    def validation_step(self, batch: Any) -> dict[str, float]:
+        return {"loss": 0.0}
+
+    def on_epoch_end(self) -> None:
+        self.current_epoch += 1
+
+    def on_train_end(self) -> None:
+        self.current_epoch -= 1
+        self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_final.pth"))
+        self.current_epoch += 1
+
+    def run_training(self, stop_at: tuple[int, int] | None = None) -> None:
+        for _ in range(self.current_epoch, self.num_epochs):
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            # the shim may have cut this epoch's steps: where its first step stands in the epoch
+            self.offset = self.num_iterations_per_epoch_full() - self.num_iterations_per_epoch
+            self.steps_run_in_epoch = 0
+            outputs = []
+            for _ in range(self.num_iterations_per_epoch):
+                if stop_at == (self.current_epoch, self.steps_run_in_epoch + self.offset):
+                    os.kill(os.getpid(), signal.SIGTERM)  # arrives during this step
+                outputs.append(self.train_step(None))
+            self.on_train_epoch_end(outputs)
+            self.validation_step(None)
+            self.on_epoch_end()
+        self.on_train_end()
+
+    def num_iterations_per_epoch_full(self) -> int:
+        return 5
+
+
+def nnunet_like(tmp_path: Path, step: Any = None,
+                **settings: Any) -> tuple[NnUNetLike, Cooperation, Clock, FakeTorch]:
+    """The trainer, cooperative; step(trainer, clock, original) -> a train_step in place of its own."""
+    torch, clock = FakeTorch(), Clock()
+    trainer = NnUNetLike(tmp_path, torch)
+    if step is not None:
+        trainer.train_step = step(trainer, clock, trainer.train_step)  # type: ignore[method-assign]
+    settings.setdefault("exit_grace_s", 3600.0)
+    coop = Cooperation(trainer, Settings(save_every_epochs=1, **settings), clock=clock, exit=raise_exit, torch=torch)
+    coop.install()
+    return trainer, coop, clock, torch
+
+
+def test_a_stop_inside_an_epoch_saves_after_the_step_and_the_resume_finishes_that_epoch(
+        tmp_path: Path, restore_signals: None) -> None:
+    plain, _, _, _ = nnunet_like(tmp_path / "plain")
+    (tmp_path / "plain").mkdir()
+    plain.run_training()
+    (tmp_path / "run").mkdir()
+    first, _, _, _ = nnunet_like(tmp_path / "run")
+    with pytest.raises(Exited) as exited:
+        first.run_training(stop_at=(1, 2))  # SIGTERM during the third step of epoch 1
+    assert exited.value.code == EXIT_STOPPED
+    saved = json.loads((tmp_path / "run" / "checkpoint_latest.pth").read_text())
+    assert saved["current_epoch"] == 1 and saved["network_weights"] == {"w": 8}  # 5 + the 3 steps of epoch 1
+    assert saved[cooperative.STEP_KEY] == {"epoch": 1, "steps_done": 3, "steps_total": 5, "outputs": [
+        {"loss": 10.0}, {"loss": 11.0}, {"loss": 12.0}]}
+
+    again, _, _, _ = nnunet_like(tmp_path / "run")
+    again.load_checkpoint(str(tmp_path / "run" / "checkpoint_latest.pth"))
+    again.run_training()
+    assert again.steps_run == 2 + 5  # epoch 1's two steps left, then epoch 2: no step redone
+    assert again.weights == plain.weights == 15
+    assert again.logged == plain.logged  # every epoch logged once, with the uninterrupted mean loss
+    assert again.num_iterations_per_epoch == 5  # given back after the cut epoch
+
+
+def test_a_plain_nnunet_checkpoint_or_a_changed_epoch_length_runs_the_epoch_whole(tmp_path: Path,
+                                                                                  restore_signals: None) -> None:
+    trainer, _, _, torch = nnunet_like(tmp_path)
+    torch.save({"network_weights": {"w": 5}, "current_epoch": 1, "logging": {"0": 2.0}},
+               str(tmp_path / "checkpoint_latest.pth"))
+    trainer.load_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
+    trainer.run_training()
+    assert trainer.steps_run == 10
+    st = cooperative.StepState(1, 3, 4, ({"loss": 1.0},) * 3)  # saved with 4 steps an epoch, now 5
+    assert cooperative.resume_at(st, 1, 5) is None and cooperative.resume_at(st, 2, 4) is None
+    assert cooperative.resume_at(st, 1, 4) == st
+
+
+@pytest.mark.parametrize("doc", [None, "x", {"epoch": 1},
+                                 {"epoch": 1, "steps_done": 0, "steps_total": 5, "outputs": []},
+                                 {"epoch": 1, "steps_done": 5, "steps_total": 5, "outputs": [{}] * 5},
+                                 {"epoch": 1, "steps_done": 2, "steps_total": 5, "outputs": [{"loss": 1.0}]},
+                                 {"epoch": True, "steps_done": 1, "steps_total": 5, "outputs": [{"loss": 1.0}]},
+                                 {"epoch": 1, "steps_done": 1, "steps_total": 5, "outputs": [{"loss": "a"}]}])
+def test_a_damaged_or_foreign_step_record_is_ignored(doc: Any) -> None:
+    assert cooperative.StepState.from_doc(doc) is None
+
+
+def test_outputs_that_are_not_numbers_leave_the_save_at_the_epoch_end(tmp_path: Path, restore_signals: None) -> None:
+    trainer, _, _, _ = nnunet_like(tmp_path, step=lambda trainer, clock, original: lambda batch: {
+        "loss": 1.0, "per_class": [0.5, 0.7]})
+    with pytest.raises(Exited):
+        trainer.run_training(stop_at=(0, 0))
+    saved = json.loads((tmp_path / "checkpoint_latest.pth").read_text())
+    assert saved["current_epoch"] == 1 and cooperative.STEP_KEY not in saved  # the whole epoch, saved at its end
+
+
+def test_a_snapshot_is_taken_at_a_step_boundary_and_written_in_the_background(tmp_path: Path,
+                                                                             restore_signals: None) -> None:
+    running: list[Cooperation] = []
+
+    def slow(trainer: Any, clock: Clock, original: Any) -> Any:
+        def slow_step(batch: Any) -> dict[str, float]:
+            clock.t += 20  # each step takes 20 s, long enough for the last snapshot's write to have ended
+            running[0].wait_for_writer()
+            return original(batch)
+        return slow_step
+
+    trainer, coop, _, torch = nnunet_like(tmp_path, step=slow, snapshot_every_s=30.0)
+    running.append(coop)
+    trainer.num_epochs = 1
+    trainer.run_training()
+    coop.wait_for_writer()
+    # steps end at 20, 40 (snapshot: 40 s since the start), 60, 80 (snapshot), 100 (the last step: the epoch end saves)
+    assert torch.saved.count("checkpoint_latest.pth") == 0  # every write went to a temporary, then replaced
+    saves = [n for n in torch.saved if "checkpoint_latest" in n]
+    assert len(saves) == 2 and trainer.steps_run == 5
+    assert (tmp_path / "checkpoint_final.pth").exists()
+
+
+def test_a_snapshot_copy_is_not_changed_by_later_steps() -> None:
+    class Tensor:
+        def __init__(self, v: list[float]) -> None:
+            self.v = v
+
+        def detach(self) -> Tensor:
+            return self
+
+        def to(self, device: str, copy: bool = False) -> Tensor:
+            return Tensor(list(self.v))
+
+    t = Tensor([1.0])
+    state = {"w": t, "log": {"loss": [1.0]}, "axes": (0, 1)}
+    snap = cooperative.cpu_copy(state)
+    t.v.append(2.0)
+    state["log"]["loss"].append(2.0)
+    assert snap["w"].v == [1.0] and snap["log"] == {"loss": [1.0]} and snap["axes"] == (0, 1)
