@@ -54,10 +54,12 @@ class Checker:
     network: Mapping[str, Any] | None
     env: Mapping[str, str]
     cache: VerdictCache | None = None
+    written: Path | None = None  # the cooperative trainer's records of what it wrote (checkpoints.verify)
 
     def verify(self, paths: list[Path], nice: bool = False) -> tuple[list[Verdict], str | None]:
         try:
-            return verify_all(paths, self.expect, self.network, self.env, self.cache, nice=nice)
+            return verify_all(paths, self.expect, self.network, self.env, self.cache, nice=nice,
+                              written=self.written)
         except ProbeError as exc:
             # Our own verifier failed, not the checkpoints: fall back to the structural check alone.
             log.warning("content/compatibility check could not run (%s); using the structural check only", exc)

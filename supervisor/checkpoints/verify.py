@@ -24,7 +24,7 @@ from supervisor.checkpoints.structure import verify_structure
 from supervisor.checkpoints.verdict import Verdict
 from supervisor.context import RunContext
 from supervisor.errors import SupervisorError
-from supervisor.fileread import kind_of
+from supervisor.fileread import kind_of, read_bytes
 from supervisor.oomscore import unprotect
 from supervisor.trainer.protocol import RESULT_PREFIX
 
@@ -135,7 +135,7 @@ def _apply(v: Verdict, r: Mapping[str, Any], network: Mapping[str, Any] | None) 
                           f"{len(v.shape_mismatches)} shape mismatch(es)")
 
 
-def _context_key(expect: Mapping[str, Any], network: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
+def context_key(expect: Mapping[str, Any], network: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
     """What besides the bytes decides a verdict; None when it cannot be told (then nothing is cached)."""
     try:
         fingerprint = network_fingerprint(dict(network), env.get("nnUNet_extTrainer", "")) if network else "-"
@@ -144,19 +144,50 @@ def _context_key(expect: Mapping[str, Any], network: Mapping[str, Any] | None, e
     return json.dumps([fingerprint, dict(expect)], sort_keys=True, default=str)
 
 
+def read_records(path: Path | None) -> dict[str, Any]:
+    """The cooperative trainer's records of what it wrote (supervisor.trainer.cooperative.Records); {} when none."""
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(read_bytes(path, 1 << 20, "trainer's records"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def from_record(record: Any, size: int, crcs: tuple[int, ...], context: str | None) -> dict[str, Any] | None:
+    """The probe's answer, from what the trainer recorded as it wrote the file, when the file is still those very
+    bytes (size and every CRC, which the structural check has just confirmed against the data) and the network and
+    expectations are the launch's: the trainer saved its own network's weights, so they fit it by construction."""
+    if not isinstance(record, dict) or context is None or record.get("context") != context:
+        return None
+    epoch = record.get("epoch")
+    if record.get("size") != size or record.get("crcs") != list(crcs) or record.get("finite") is not True \
+            or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None
+    return {"content_problems": [], "epoch": epoch, "compatible": True, "missing_keys": [], "unexpected_keys": [],
+            "shape_mismatches": [], "hints": [], "trusted": "the trainer's record"}
+
+
 def verify_all(paths: list[Path], expect: Mapping[str, Any], network: Mapping[str, Any] | None,
-               env: Mapping[str, str], cache: VerdictCache | None = None,
-               nice: bool = False) -> tuple[list[Verdict], str | None]:
-    """Verdicts in the order given, plus a network-build error if the compatibility check could not run."""
+               env: Mapping[str, str], cache: VerdictCache | None = None, nice: bool = False,
+               written: Path | None = None) -> tuple[list[Verdict], str | None]:
+    """Verdicts in the order given, plus a network-build error if the compatibility check could not run. written:
+    the cooperative trainer's records; a file that matches its record needs no probe."""
     reports = [verify_structure(p) for p in paths]
     verdicts = [Verdict(str(r.path), epoch=r.epoch, structure_ok=r.ok, problems=list(r.problems)) for r in reports]
-    context = _context_key(expect, network, env) if cache is not None else None
+    context = context_key(expect, network, env) if cache is not None or written is not None else None
     keys = {v.path: f"{r.content_key}|{context}" for v, r in zip(verdicts, reports, strict=True) if r.ok}
+    records = read_records(written)
     missing: list[Verdict] = []
-    for v in verdicts:
+    for v, r in zip(verdicts, reports, strict=True):
         if not v.structure_ok:
             continue
         hit = cache.get(keys[v.path]) if cache is not None and context is not None else None
+        if hit is None:
+            hit = from_record(records.get(r.path.name), r.size, r.crcs, context)
+            if hit is not None and cache is not None:
+                cache.put(keys[v.path], hit)
         if hit is not None:
             _apply(v, hit, network)
         else:

@@ -41,6 +41,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from typing import Any
 from supervisor.atomic import atomic_replace, atomic_write_text
 from supervisor.trainer.protocol import (
     BATCH_SIZE_VAR,
+    CONTEXT_VAR,
     EXIT_DISK_FULL,
     EXIT_STOPPED,
     HEARTBEAT_VAR,
@@ -58,6 +60,7 @@ from supervisor.trainer.protocol import (
     SAVE_EVERY_S_VAR,
     SNAPSHOT_EVERY_S_VAR,
     STEP_KEY,
+    WRITTEN_VAR,
 )
 
 TMP_PREFIX = "."  # temp_path()'s naming, to find a killed save's leftovers
@@ -74,6 +77,8 @@ class Settings:
     exit_grace_s: float = 60.0  # after a clean-exit request, os._exit if threads keep the process alive
     batch_size: int | None = None  # a remedy: the batch size instead of the plans'
     snapshot_every_s: float | None = None  # a step-boundary snapshot at least this often (None: none)
+    written: Path | None = None  # where each checkpoint written is recorded for the supervisor (None: nowhere)
+    context: str = ""  # the supervisor's verification context at the launch, copied into each record
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -86,7 +91,55 @@ class Settings:
         return cls(save_every_epochs=int(every) if every and int(every) > 0 else None,
                    save_every_s=float(seconds) if seconds else None, heartbeat=Path(beat) if beat else None,
                    batch_size=int(batch) if batch.isdigit() and int(batch) > 0 else None,
-                   snapshot_every_s=float(snap) if snap and float(snap) > 0 else None)
+                   snapshot_every_s=float(snap) if snap and float(snap) > 0 else None,
+                   written=Path(env[WRITTEN_VAR]) if env.get(WRITTEN_VAR) else None,
+                   context=env.get(CONTEXT_VAR, ""))
+
+
+def all_finite(torch: Any, obj: Any) -> bool:
+    """No NaN or inf in any floating tensor of obj (the model's weights, the optimizer's state)."""
+    if isinstance(obj, dict):
+        return all(all_finite(torch, v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(all_finite(torch, v) for v in obj)
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.is_floating_point():
+        return bool(torch.isfinite(obj).all())
+    return True
+
+
+class Records:
+    """What the trainer wrote, for the supervisor: per checkpoint file, its size and zip CRCs as written (the
+    central directory: no data read), the epoch and step it holds, whether its tensors were finite, and the
+    verification context of the launch. The supervisor trusts a file whose bytes still match (its structural check
+    confirms the CRCs) without loading it again in a torch probe."""
+
+    def __init__(self, path: Path | None, context: str) -> None:
+        self.path, self.context = path, context
+        self._lock = threading.Lock()  # the main thread and the snapshot writer
+
+    def note(self, target: Path, checkpoint: Any, finite: bool, step: int | None) -> None:
+        if self.path is None or not self.context or not isinstance(checkpoint, dict):
+            return
+        try:
+            st = target.stat()
+            with zipfile.ZipFile(target) as zf:
+                crcs = [i.CRC for i in zf.infolist()]
+        except (OSError, zipfile.BadZipFile):
+            return  # not a zip (a trainer that saves otherwise): the supervisor probes it as before
+        record = {"size": st.st_size, "crcs": crcs, "epoch": checkpoint.get("current_epoch"), "step": step,
+                  "finite": finite, "context": self.context, "ts": time.time()}
+        with self._lock:
+            try:
+                doc = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            doc = doc if isinstance(doc, dict) else {}
+            doc[target.name] = record
+            try:
+                # not fsynced: a record lost to a power cut only costs the relaunch a probe
+                atomic_write_text(self.path, json.dumps(doc), durable=False)
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -231,6 +284,7 @@ class Cooperation:
         self.last_snapshot = clock()
         self.writer: threading.Thread | None = None
         self.write_error: BaseException | None = None
+        self.records = Records(settings.written, settings.context)
 
     @property
     def torch(self) -> Any:
@@ -257,11 +311,26 @@ class Cooperation:
 
         def save_checkpoint(filename: str) -> None:
             target = Path(filename)
+            seen: list[tuple[Any, bool]] = []
+
+            def observing(save: Callable[..., Any]) -> Callable[..., Any]:
+                def observed(obj: Any, *args: Any, **kwargs: Any) -> Any:
+                    seen.append((obj, all_finite(self.torch, obj)))  # before it is written: what the record says
+                    return save(obj, *args, **kwargs)
+                return observed
+
+            torch = self.torch if self.settings.written is not None else None
             try:
-                atomic_save(orig_save, target)
+                if torch is not None:
+                    with patched(torch, "save", observing):
+                        atomic_save(orig_save, target)
+                else:
+                    atomic_save(orig_save, target)
             except DiskFull as exc:
                 self.disk_full(str(exc), target)
                 return
+            if seen:
+                self.records.note(target, seen[-1][0], seen[-1][1], None)
             if target.name == "checkpoint_latest.pth":
                 self.last_save_epoch, self.last_save_at = int(t.current_epoch) + 1, self.clock()
 
@@ -415,7 +484,10 @@ class Cooperation:
 
         def run() -> None:
             try:
+                finite = all_finite(self.torch, checkpoint) if self.settings.written is not None else False
                 atomic_save(lambda tmp: save(checkpoint, tmp), target)
+                step = checkpoint.get(STEP_KEY, {}).get("steps_done")
+                self.records.note(target, checkpoint, finite, step if isinstance(step, int) else None)
             except DiskFull as exc:
                 if not background:
                     self.disk_full(str(exc), target)  # exits 74

@@ -16,6 +16,11 @@ SAVE_EVERY_EPOCHS_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_EPOCHS"
 SAVE_EVERY_S_VAR = "NNUNET_SUPERVISE_SAVE_EVERY_S"
 BATCH_SIZE_VAR = "NNUNET_SUPERVISE_BATCH_SIZE"  # cooperative mode, a remedy the user opted in to: the batch size
 SNAPSHOT_EVERY_S_VAR = "NNUNET_SUPERVISE_SNAPSHOT_EVERY_S"  # cooperative mode: a step-boundary snapshot this often
+# cooperative mode: where the trainer records each checkpoint it wrote (its size and zip CRCs, epoch, step, whether
+# every tensor was finite) and the verification context (network fingerprint, expectations) the supervisor had at the
+# launch; a relaunch trusts a file that matches its record byte for byte without a torch probe (checkpoints.verify)
+WRITTEN_VAR = "NNUNET_SUPERVISE_WRITTEN"
+CONTEXT_VAR = "NNUNET_SUPERVISE_VERIFY_CONTEXT"
 
 # The key a cooperative save made inside an epoch adds to nnU-Net's checkpoint dict: where in the epoch it was
 # ({"epoch", "steps_done", "steps_total", "outputs"}; plain numbers, so a weights-only load reads it). nnU-Net's own

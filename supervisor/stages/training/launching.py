@@ -21,11 +21,11 @@ from supervisor.checkpoints.fingerprint import network_fingerprint
 from supervisor.checkpoints.plan import ResumePlan
 from supervisor.checkpoints.store import CheckpointStore
 from supervisor.checkpoints.verdict import Verdict
-from supervisor.checkpoints.verify import VerdictCache, expectations, network_request
+from supervisor.checkpoints.verify import VerdictCache, context_key, expectations, network_request
 from supervisor.command import helper_env
 from supervisor.context import RunContext
 from supervisor.core.messages import Event, LaunchFailed, Prepared, Record
-from supervisor.trainer.protocol import BATCH_SIZE_VAR
+from supervisor.trainer.protocol import BATCH_SIZE_VAR, CONTEXT_VAR, WRITTEN_VAR
 
 log = logging.getLogger("nnunet_supervise")
 
@@ -46,13 +46,24 @@ class Launcher:
         self.store = CheckpointStore(ctx.layout, cfg.checkpoint.snapshots)
         self.checker = prepare.Checker(
             expectations(ctx), network_request(ctx, cache=ctx.layout.supervisor_dir / "network-shapes.json"),
-            helper_env(ctx), VerdictCache())
+            helper_env(ctx), VerdictCache(),
+            written=ctx.layout.supervisor_dir / "written.json" if cfg.cooperative.enabled else None)
         self.ahead = AheadVerifier(self._verify_ahead)
         self.memory = prepare.Memory()
         self.expect_epoch: int | None = None  # the epoch the prepared attempt must resume at
         self.resumed_from: str | None = None  # the verified checkpoint it resumes from
         self.verified_ahead: list[dict[str, Any]] = []  # the newest ahead verdicts, for state.json
         self._verifying: tuple[threading.Thread, list[tuple[list[Verdict], ResumePlan]]] | None = None
+
+    def trust_env(self) -> dict[str, str]:
+        """Cooperative mode: where the trainer records what it writes, and the verification context it copies into
+        each record (the network's fingerprint and what the run expects, now): a relaunch trusts a checkpoint that
+        still matches its record without a torch probe."""
+        c = self.checker
+        context = context_key(c.expect, c.network, c.env) if c.written is not None else None
+        if c.written is None or context is None:
+            return {}
+        return {WRITTEN_VAR: str(c.written), CONTEXT_VAR: context}
 
     def remember(self, previous: dict[str, Any]) -> None:
         """What the previous supervisor of this run knew: the checkpoints it resumed from, a pending warm start."""

@@ -96,7 +96,7 @@ class TrainingStage:
     def command(self, spawn: Spawn) -> tuple[list[str], dict[str, str]]:
         self._logs_before = set(self.layout.training_logs())  # the attempt's own training log is the new one
         argv = build_argv(self.ctx, trainer_command(self.ctx), spawn.resume, spawn.pretrained, spawn.validate)
-        return argv, build_env(self.ctx, spawn.attempt)
+        return argv, {**build_env(self.ctx, spawn.attempt), **self.launcher.trust_env()}
 
     # ---- while it runs ----
 

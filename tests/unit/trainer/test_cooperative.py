@@ -434,3 +434,19 @@ def test_a_snapshot_copy_is_not_changed_by_later_steps() -> None:
     t.v.append(2.0)
     state["log"]["loss"].append(2.0)
     assert snap["w"].v == [1.0] and snap["log"] == {"loss": [1.0]} and snap["axes"] == (0, 1)
+
+
+def test_each_checkpoint_written_is_recorded_for_the_supervisor(tmp_path: Path, restore_signals: None) -> None:
+    import torch
+
+    trainer = NnUNetLike(tmp_path, torch)  # type: ignore[arg-type]
+    records = tmp_path / "written.json"
+    coop = Cooperation(trainer, Settings(save_every_epochs=1, exit_grace_s=3600.0, written=records, context="ctx"),
+                       clock=Clock(), exit=raise_exit, torch=torch)
+    coop.install()
+    with pytest.raises(Exited):
+        trainer.run_training(stop_at=(1, 2))
+    doc = json.loads(records.read_text())
+    latest = doc["checkpoint_latest.pth"]
+    assert latest["epoch"] == 1 and latest["step"] == 3 and latest["finite"] is True and latest["context"] == "ctx"
+    assert latest["size"] == (tmp_path / "checkpoint_latest.pth").stat().st_size and latest["crcs"]
