@@ -16,6 +16,7 @@ from supervisor.trainer.protocol import (
     MARKER_VAR,
     SAVE_EVERY_EPOCHS_VAR,
     SAVE_EVERY_S_VAR,
+    SAVE_ON_STOP_VAR,
     SNAPSHOT_EVERY_S_VAR,
 )
 
@@ -88,6 +89,7 @@ def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = No
         env[SAVE_EVERY_S_VAR] = "" if coop.save_every_s is None else repr(coop.save_every_s)
         env[HEARTBEAT_VAR] = str(ctx.layout.heartbeat_file)
         env[SNAPSHOT_EVERY_S_VAR] = "" if coop.snapshot_every_s is None else repr(coop.snapshot_every_s)
+        env[SAVE_ON_STOP_VAR] = coop.save_on_stop
     return env
 
 

@@ -178,6 +178,9 @@ class CooperativeSection(_Section):
     # a snapshot at a training step's boundary at least this often (copied in memory, written in the background):
     # a hard crash costs at most this plus a step (null: none; the saves above and a stop's save at the next step)
     snapshot_every_s: Union[float, None] = Field(None, gt=0)
+    # extension: where a stop request saves: after the training step in flight ("step"), or at the epoch end as
+    # before (for a trainer whose steps must not be cut, and to compare: bench/preempt.py)
+    save_on_stop: Literal["step", "epoch"] = "step"
     # extension: how long a stop request waits for the trainer to finish its epoch and save; auto = 2 x the
     # longest recent epoch + 60 s (600 s before one was seen), then SIGTERM/SIGKILL as without cooperation
     stop_timeout_s: Union[Literal["auto"], float] = "auto"

@@ -58,6 +58,7 @@ from supervisor.trainer.protocol import (
     MARK,
     SAVE_EVERY_EPOCHS_VAR,
     SAVE_EVERY_S_VAR,
+    SAVE_ON_STOP_VAR,
     SNAPSHOT_EVERY_S_VAR,
     STEP_KEY,
     WRITTEN_VAR,
@@ -79,6 +80,7 @@ class Settings:
     snapshot_every_s: float | None = None  # a step-boundary snapshot at least this often (None: none)
     written: Path | None = None  # where each checkpoint written is recorded for the supervisor (None: nowhere)
     context: str = ""  # the supervisor's verification context at the launch, copied into each record
+    stop_at_step: bool = True  # a stop saves after the step in flight (False: at the epoch end)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -93,7 +95,7 @@ class Settings:
                    batch_size=int(batch) if batch.isdigit() and int(batch) > 0 else None,
                    snapshot_every_s=float(snap) if snap and float(snap) > 0 else None,
                    written=Path(env[WRITTEN_VAR]) if env.get(WRITTEN_VAR) else None,
-                   context=env.get(CONTEXT_VAR, ""))
+                   context=env.get(CONTEXT_VAR, ""), stop_at_step=env.get(SAVE_ON_STOP_VAR, "step") != "epoch")
 
 
 def all_finite(torch: Any, obj: Any) -> bool:
@@ -433,6 +435,8 @@ class Cooperation:
         self.beat()
         inside = self.in_steps and self.steps_total is not None and self.iteration < self.steps_total \
             and self.outputs is not None
+        if self.stop_requested and not self.settings.stop_at_step:
+            return  # the epoch end saves
         if not inside:
             return  # the last step, or outside the steps: the epoch end saves (and honours a stop)
         if self.stop_requested:
@@ -574,7 +578,8 @@ class Cooperation:
             return
         self.stop_requested = name
         if self.phase == "training":
-            where = "after the training step in flight" if self.in_steps and self.outputs is not None else \
+            where = "after the training step in flight" if self.in_steps and self.outputs is not None \
+                and self.settings.stop_at_step else \
                 f"at the end of epoch {int(self.trainer.current_epoch)}"
             say(f"{name}: saving {where}, then exiting {EXIT_STOPPED}")
             return

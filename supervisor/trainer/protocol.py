@@ -20,6 +20,7 @@ SNAPSHOT_EVERY_S_VAR = "NNUNET_SUPERVISE_SNAPSHOT_EVERY_S"  # cooperative mode: 
 # every tensor was finite) and the verification context (network fingerprint, expectations) the supervisor had at the
 # launch; a relaunch trusts a file that matches its record byte for byte without a torch probe (checkpoints.verify)
 WRITTEN_VAR = "NNUNET_SUPERVISE_WRITTEN"
+SAVE_ON_STOP_VAR = "NNUNET_SUPERVISE_SAVE_ON_STOP"  # "step" (the default) or "epoch"
 CONTEXT_VAR = "NNUNET_SUPERVISE_VERIFY_CONTEXT"
 
 # The key a cooperative save made inside an epoch adds to nnU-Net's checkpoint dict: where in the epoch it was

@@ -450,3 +450,13 @@ def test_each_checkpoint_written_is_recorded_for_the_supervisor(tmp_path: Path, 
     latest = doc["checkpoint_latest.pth"]
     assert latest["epoch"] == 1 and latest["step"] == 3 and latest["finite"] is True and latest["context"] == "ctx"
     assert latest["size"] == (tmp_path / "checkpoint_latest.pth").stat().st_size and latest["crcs"]
+
+
+def test_save_on_stop_epoch_keeps_the_save_at_the_epoch_end(tmp_path: Path, restore_signals: None) -> None:
+    trainer, _, _, _ = nnunet_like(tmp_path, stop_at_step=False)
+    with pytest.raises(Exited):
+        trainer.run_training(stop_at=(1, 2))
+    saved = json.loads((tmp_path / "checkpoint_latest.pth").read_text())
+    assert saved["current_epoch"] == 2 and cooperative.STEP_KEY not in saved and trainer.steps_run == 10
+    assert Settings.from_env({"NNUNET_SUPERVISE_SAVE_ON_STOP": "epoch"}).stop_at_step is False
+    assert Settings.from_env({}).stop_at_step is True
