@@ -167,6 +167,82 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
     sys.exit(code)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": ["--help"]})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def train(click_ctx: click.Context, args: tuple[str, ...]) -> None:
+    """`nnunet-supervise train DATASET CONFIGURATION FOLD [nnUNetv2_train's options]`: the nnUNetv2_train command you
+    type, supervised with our defaults. It writes the run.yaml it runs into the fold's folder
+    (fold_<fold>/supervisor/run.yaml; `status`, `stop`, `report`, `systemd`, `slurm` take it) and runs it.
+    nnU-Net's -tr -p -device -num_gpus --npz --val --val_best --disable_checkpointing -pretrained_weights (first
+    launch only) are mapped, --c is accepted (the supervisor resumes by itself); ours: --cooperative,
+    --max-restarts N, --write-only, -v.
+
+    Exit codes: as `run`.
+    """
+    import time as time_
+
+    import yaml
+
+    from supervisor.atomic import atomic_write_text
+    from supervisor.config import parse_config
+    from supervisor.layout import resolve_dataset_name
+    from supervisor.trainargs import TrainArgsError, header, parse
+
+    try:
+        req = parse(list(args), Path.cwd())
+    except TrainArgsError as exc:
+        click.echo(f"nnunet-supervise train: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    paths = {k: str(Path(os.environ[k]).resolve()) for k in names if os.environ.get(k)}
+    missing = [k for k in names[1:] if k not in paths]
+    if missing:
+        _fail(ConfigError([f"${k} is not set: nnUNetv2_train needs it too" for k in missing], "the environment"))
+    nn = req.doc["nnunet"]
+    try:
+        roots = [Path(paths[k]) for k in names if k in paths]
+        name = resolve_dataset_name(nn["dataset"], roots)
+    except ConfigError as exc:
+        _fail(exc)
+    fold_dir = Path(paths["nnUNet_results"]) / name / f"{nn['trainer']}__{nn['plans']}__{nn['configuration']}" \
+        / f"fold_{nn['fold']}"
+    target = fold_dir / "supervisor" / "run.yaml"
+    doc = {**req.doc, "paths": paths}
+    try:
+        parse_config(doc, f"nnunet-supervise train {' '.join(args)}")
+    except ConfigError as exc:
+        _fail(exc)
+    if req.validate_only and not (fold_dir / "checkpoint_final.pth").is_file():
+        _fail(ConfigError([f"--val: {fold_dir / 'checkpoint_final.pth'} is missing: a validation-only run needs "
+                           "the finished training (train without --val first)"], "nnunet-supervise train"))
+    text = header(req.argv, time_.strftime("%Y-%m-%d %H:%M:%S")) + yaml.safe_dump(doc, sort_keys=False)
+    if target.is_file():
+        try:
+            before = yaml.safe_load(target.read_text())
+        except (OSError, yaml.YAMLError):
+            before = None
+        if before != doc:
+            click.echo(f"nnunet-supervise train: {target} existed with other settings; rewritten from this command "
+                       "(a resume whose trainer settings changed is stopped before it launches)", err=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+    except OSError as exc:
+        _fail(ConfigError([f"cannot write {target}: {exc}"], "nnunet-supervise train"))
+    for note in req.notes:
+        click.echo(f"nnunet-supervise train: {note}", err=True)
+    click.echo(f"nnunet-supervise train: run.yaml {target} (`nnunet-supervise run {target}` runs it again)",
+               err=True)
+    if req.validate_only and (fold_dir / "validation" / "summary.json").is_file():
+        click.echo("nnunet-supervise train: --val: the final validation is done already (validation/summary.json); "
+                   "move the validation folder away to make it again", err=True)
+    if req.write_only:
+        sys.exit(ExitCode.FINISHED)
+    click_ctx.invoke(run, config=target, verbose=req.verbose, fold=None, configuration=None)
+
+
 def _logging(verbose: bool) -> int:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,

@@ -96,6 +96,9 @@ class NnunetSection(NnunetCommon):
 
     configuration: str
     fold: Union[int, Literal["all"]] = 0
+    # nnUNetv2_train's -pretrained_weights, for the first launch only (while the fold has no checkpoint): every
+    # relaunch after that resumes the fold's own training with --c; relative to the config's folder
+    pretrained_weights: Union[str, None] = None
 
     _configuration = field_validator("configuration")(classmethod(lambda cls, v: check_configuration(v)))
     _fold = field_validator("fold")(classmethod(lambda cls, v: check_fold(v)))

@@ -102,6 +102,12 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
                                f"-d {nn.dataset} first)")
         return
     report.notes.append(f"dataset {ctx.dataset_name} in {ctx.paths.preprocessed}")
+    if nn.pretrained_weights is not None:
+        weights = (ctx.config_path.parent / nn.pretrained_weights).resolve()
+        if not weights.is_file():
+            report.problems.append(f"nnunet.pretrained_weights: {weights} is not a file (nnU-Net's "
+                                   "-pretrained_weights: a checkpoint whose network fits this one but the "
+                                   "segmentation heads)")
     if nn.device == "cuda":
         visible = nn.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
         why = cuda_problem(visible)

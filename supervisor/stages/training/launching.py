@@ -117,6 +117,9 @@ class Launcher:
 
         def run() -> tuple[prepare.Outcome, Event]:
             outcome = prepare.Outcome(memory)
+            weights = self.ctx.config.nnunet.pretrained_weights
+            if not check and weights is not None:  # a fresh start: the user's pretrained weights, as nnU-Net's flag
+                outcome = replace(outcome, pretrained=str((self.ctx.config_path.parent / weights).resolve()))
             if check:
                 verdicts, plan = self._take_verified()
                 outcome = prepare.carry_out(plan, verdicts, self.store, memory)
