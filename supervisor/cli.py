@@ -358,6 +358,7 @@ def predict(config: Path, input_dir: str | None, output_dir: str | None, part: A
 def report(config: Path, output: Path | None, as_json: bool) -> None:
     """Goodput, epochs redone, restarts and failures of a run; -o draws the timeline (epoch over wall time). An
     experiment: makespan and goodput; -o draws its folds as bars over wall time per device."""
+    from supervisor.observe.predictreport import for_config, report_lines
     from supervisor.observe.report import plot, summary, timeline
 
     if _experiment(config, "report"):
@@ -368,9 +369,12 @@ def report(config: Path, output: Path | None, as_json: bool) -> None:
     ctx = _load(config)
     t = timeline(ctx.layout)
     numbers = summary(t)
+    pred = for_config(config, ctx.config.predict.output)  # a prediction of this file's predict section, if one ran
     if output is not None:
         plot(t, output)
         numbers["picture"] = str(output)
+    if pred is not None:
+        numbers["predict"] = pred
     if as_json:
         click.echo(json.dumps(numbers, indent=2))
         return
@@ -385,6 +389,8 @@ def report(config: Path, output: Path | None, as_json: bool) -> None:
                    f"(after {r['cause']})")
     if output is not None:
         click.echo(f"timeline: {output}")
+    for line in report_lines(pred) if pred is not None else []:
+        click.echo(line)
 
 
 @main.command()

@@ -109,12 +109,16 @@ def stop(path: Path, wait_s: float | None) -> None:
 def report(path: Path, output: Path | None, as_json: bool) -> None:
     from supervisor.experiment.view import gantt
     from supervisor.experiment.view import report as numbers_of
+    from supervisor.observe.predictreport import prediction_report, report_lines
 
     exp = ExperimentContext.load(path)
     numbers = gantt(exp, output) if output is not None else numbers_of(exp)
     numbers.pop("bars", None)
     if output is not None:
         numbers["picture"] = str(output)
+    pred = prediction_report(exp.predict_layout().output) if exp.predicts else None
+    if pred is not None:
+        numbers["predict"] = pred
     if as_json:
         click.echo(json.dumps(numbers, indent=2, default=str))
         return
@@ -125,6 +129,8 @@ def report(path: Path, output: Path | None, as_json: bool) -> None:
         click.echo(f"  {cell}: {n['epochs_kept']} epochs kept, {n['epochs_redone']} redone, {n['restarts']} restarts")
     if output is not None:
         click.echo(f"gantt: {output}")
+    for line in report_lines(pred) if pred is not None else []:
+        click.echo(line)
 
 
 

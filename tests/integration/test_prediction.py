@@ -132,3 +132,7 @@ def test_prediction_killed_midway_continues_a_poison_case_is_set_aside_and_a_tor
                             capture_output=True, text=True, check=True)
     shown = json.loads(status.stdout)["predict"]
     assert shown["cases_done"] == len(cases) and [p["part"] for p in shown["parts"]] == ["0/2", "1/2"]
+    report = subprocess.run([sys.executable, "-m", "supervisor", "report", str(config), "--json"],
+                            capture_output=True, text=True, check=True)
+    rep = json.loads(report.stdout)["predict"]
+    assert rep["exit"] == "finished" and rep["cases_verified"] == len(cases), rep

@@ -9,11 +9,15 @@ nnU-Net does on CUDA.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,28 +50,98 @@ def run_in(config: Path, prefix: list[str], log: Path, timeout_s: float = 900) -
                 proc.wait()
 
 
+CGROUP_EMPTY_WAIT_S = 30.0  # SIGKILLed processes leave their cgroup only once they have exited (freed memory)
+CGROUP_POLL_S = 0.2
+
+
+def cgroup_pids(folder: Path) -> list[int]:
+    """The processes in a cgroup (none once the folder is gone)."""
+    try:
+        return [int(p) for p in (folder / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def described(pids: list[int]) -> str:
+    """pids with their command lines, for a message."""
+    out = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        out.append(f"{pid} ({cmd[:80]})")
+    return ", ".join(out)
+
+
+def empty_cgroup(folder: Path, timeout_s: float = CGROUP_EMPTY_WAIT_S) -> list[int]:
+    """SIGKILL everything in the cgroup and wait until cgroup.procs is empty: a killed process stays listed until
+    it has exited, which takes a while for one that holds gigabytes. The pids still in it at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = cgroup_pids(folder)
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:  # again each round: a process may have forked between the read and the kill
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(CGROUP_POLL_S)
+
+
+def remove_cgroup(folder: Path, tries: int = 10) -> OSError | None:
+    """rmdir the (empty) cgroup, again while the kernel still says EBUSY; the last error, None when it is gone."""
+    error: OSError | None = None
+    for _ in range(tries):
+        try:
+            folder.rmdir()
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return exc
+            error = exc
+        time.sleep(CGROUP_POLL_S)
+    return error
+
+
+@contextlib.contextmanager
+def limited_cgroup(folder: Path, limit_bytes: int) -> Iterator[Path]:
+    """A memory cgroup (v1) at `folder` with memory.limit_in_bytes, emptied and removed after. A folder left by an
+    earlier test of this process (the same pid, the same name) is made afresh when nothing is in it; one with live
+    processes in it is a failure naming them."""
+    if folder.exists():
+        left = cgroup_pids(folder)
+        if left:
+            pytest.fail(f"the memory cgroup {folder} exists with live processes in it (left by an earlier test?): "
+                        f"{described(left)}")
+        remove_cgroup(folder)  # empty: made afresh; one that cannot be removed is reused, its limit set again below
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / "memory.limit_in_bytes").write_text(str(limit_bytes))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    try:
+        yield folder
+    finally:
+        left = empty_cgroup(folder)  # nothing of the test may outlive it
+        error = remove_cgroup(folder) if not left else None
+        if left:
+            pytest.fail(f"processes still in {folder} {CGROUP_EMPTY_WAIT_S:g} s after SIGKILL: {described(left)}")
+        if error is not None:
+            warnings.warn(f"could not remove the memory cgroup {folder}: {error}", stacklevel=1)
+
+
 @pytest.fixture
 def memory_limited() -> Iterator[Path]:
     """A child of our memory cgroup (v1) for the test, removed after."""
     cg = memory_cgroup(os.getpid())
     if os.geteuid() != 0 or cg is None or not (cg.path / "memory.limit_in_bytes").exists():
         pytest.skip("needs root and the cgroup v1 memory controller")
-    folder = cg.path / f"nnunet-supervise-oom-{os.getpid()}"
-    try:
-        folder.mkdir()
-        (folder / "memory.limit_in_bytes").write_text(str(LIMIT_BYTES))
-    except OSError as exc:
-        pytest.skip(f"cannot make a memory cgroup here: {exc}")
-    yield folder
-    for pid in (folder / "cgroup.procs").read_text().split():  # nothing of the test may outlive it
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+    with limited_cgroup(cg.path / f"nnunet-supervise-oom-{os.getpid()}", LIMIT_BYTES) as folder:
+        yield folder
 
 
 def hungry(write_config: Any, attempts: int = 3, remedies: dict[str, Any] | None = None, **extra: Any) -> Path:
