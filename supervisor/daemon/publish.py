@@ -91,6 +91,9 @@ class Publisher:
             from supervisor.observe.notify import Notifications
 
             notifications = Notifications(place, list(n.urls), list(n.on), n.repeated_failures)
+            if stage.name != "training":  # a prediction counts cases, not epochs
+                words = stage.words
+                notifications.finished_words = lambda count: f"{stage.name} finished: {words.progress(count)}"
             events.listeners.append(notifications.on_event)
         return cls(stage, StateStore(stage.files.state_file), notifier, metrics, on_status, notifications)
 

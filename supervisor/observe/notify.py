@@ -33,6 +33,8 @@ class Notifications:
     def __init__(self, run: str, urls: list[str], kinds: list[str], repeated_failures: int = 3,
                  sender: Callable[[str, str], bool] | None = None) -> None:
         self.run, self.kinds, self.threshold = run, set(kinds), repeated_failures
+        # what a finished stage says (its words: a prediction counts cases, not epochs)
+        self.finished_words: Callable[[Any], str] = lambda n: f"training finished after {n} epochs"
         self._send = sender or apprise_sender(urls)
         self._failures_in_row = 0
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
@@ -53,7 +55,7 @@ class Notifications:
         if event == "give_up":
             self._post("give_up", f"gave up ({fields.get('reason')}): {message}")
         elif event == "finished" and not fields.get("already"):
-            self._post("finished", f"training finished after {fields.get('epochs')} epochs")
+            self._post("finished", self.finished_words(fields.get("epochs")))
         elif event == "stall":
             self._post("stall", f"attempt {fields.get('attempt')} hung and was restarted: {message}")
         elif event == "gpu_fault" and fields.get("hardware"):

@@ -68,3 +68,12 @@ def test_a_sender_that_raises_is_logged_not_raised() -> None:
     only.on_event("stall", {"attempt": 1, "message": "hung"})
     only.close()
     assert sent == []
+
+
+def test_a_finished_prediction_says_cases_not_epochs() -> None:
+    sent: list[tuple[str, str]] = []
+    n = Notifications("/out", [], ["finished"], sender=lambda t, b: sent.append((t, b)) is None)
+    n.finished_words = lambda count: f"prediction finished: {count} case(s) predicted"
+    n.on_event("finished", {"epochs": 12})
+    n.close()
+    assert sent and sent[0][1].endswith("prediction finished: 12 case(s) predicted")
