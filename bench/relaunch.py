@@ -50,12 +50,25 @@ def is_trainer(cmd: list[str]) -> bool:
     return any(c.endswith("nnUNetv2_train") for c in cmd[:2]) or cmd[1:3] == ["-m", "supervisor.trainer.launch"]
 
 
+ROOT: list[str] = []  # the bench's work folder: only trainers whose nnUNet_results is under it are its own
+
+
+def ours(p: psutil.Process) -> bool:
+    """A trainer of this bench, not one of another run on the same machine (its nnUNet_results is under ROOT)."""
+    if not ROOT:
+        return True
+    try:
+        return p.environ().get("nnUNet_results", "").startswith(ROOT[0])
+    except psutil.Error:
+        return False
+
+
 def trainers() -> dict[int, float]:
-    """pid -> start time (since boot) of every trainer main process (not its workers)."""
+    """pid -> start time (since boot) of every trainer main process of this bench (not its workers)."""
     out = {}
     for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info["cmdline"] or []
-        if is_trainer(cmd):
+        if is_trainer(cmd) and ours(p):
             try:
                 parent = psutil.Process(p.info["ppid"]).cmdline()
             except psutil.Error:
@@ -182,6 +195,7 @@ def run_bash_loop(root: Path, raw: Path, pre: Path) -> dict[str, Any]:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/nnunet-supervise-bench").resolve()
+    ROOT.append(str(root))
     raw, pre, _ = make_dataset(root)
     sup = run_supervisor(root, raw, pre, "ahead")
     worst = run_supervisor(root, raw, pre, "written")
