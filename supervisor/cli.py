@@ -415,28 +415,44 @@ def schema(experiment: bool) -> None:
 @click.option("--cpus", type=int, default=None, help="#SBATCH --cpus-per-task.")
 @click.option("--mem", default=None, help="#SBATCH --mem, e.g. 32G (memory per node for the job).")
 @click.option("--folds", default=None, help="A job array over folds, e.g. 0-4: one fold per task.")
-@click.option("--lead", "lead_s", type=click.IntRange(min=30), default=300, show_default=True,
-              help="Seconds before the time limit that SIGUSR1 arrives: room to finish an epoch and save.")
+@click.option("--lead", "lead_s", type=click.IntRange(min=30), default=None,
+              help="Seconds before the time limit that SIGUSR1 arrives: room for the cooperative save and the "
+                   "tree's stop. Default: from the config (a save at the next step: process.stop_grace_s + 120 + "
+                   "60; at the epoch end: + 900; without cooperative mode 300).")
 @click.option("--max-parallel", type=click.IntRange(min=1), default=None,
               help="An experiment: at most this many array tasks at once (%N).")
 @click.option("--parsable", is_flag=True, help="With --submit: print only the job ids, one a line.")
 def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | None, gres: str | None,
-          cpus: int | None, mem: str | None, folds: str | None, lead_s: int, max_parallel: int | None,
+          cpus: int | None, mem: str | None, folds: str | None, lead_s: int | None, max_parallel: int | None,
           parsable: bool) -> None:
     """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint. An
     experiment: a job chain (an array of the cells, the cascade's array after every lowres task, find_best last)."""
     import subprocess
 
+    from supervisor.core.rules import save_allowance_s
     from supervisor.deploy import slurm as sl
+
+    def lead(sections: Any) -> int:
+        c = sections.cooperative
+        if lead_s is not None:
+            return lead_s
+        if not c.enabled:
+            return sl.LEAD_S
+        return int(sections.process.stop_grace_s + save_allowance_s(c.enabled, c.save_on_stop, c.stop_timeout_s) + 60)
 
     if _experiment(config, "slurm", **{"--folds": folds}):
         from supervisor.experiment import commands, slurmchain
+        from supervisor.expfile import parse_experiment
+
+        spec_doc = _experiment_command(parse_experiment, _document(config), str(config.resolve()))
+        lead_s = lead(spec_doc)
 
         opts = slurmchain.Options(sys.executable, time=time_limit, partition=partition, gres=gres, cpus=cpus, mem=mem,
                                 lead_s=lead_s, max_parallel=max_parallel)
         _experiment_command(commands.slurm_chain, config, opts, submit, parsable)
         return
     ctx = _load(config)
+    lead_s = lead(ctx.config)
     if folds is not None and not all(part.strip().isdigit() for chunk in folds.split(",")
                                      for part in chunk.split("-", 1)):
         click.echo(f"nnunet-supervise: --folds: got {folds!r}; allowed: fold numbers like 0-4 or 0,2,3", err=True)

@@ -52,6 +52,24 @@ def resume_check(attempt: int, expect_epoch: int | None, saw_no_checkpoint: bool
     return True, None
 
 
+# What a platform must allow a cooperative trainer between the stop signal and its exit, before the run is known:
+# after the training step in flight (seconds on a GPU, for nnU-Net's 3D networks), or at the end of the epoch's
+# validation steps when the stop came there, plus a save of some hundred MB (seconds); at the epoch end
+# (save_on_stop: epoch) the rest of an epoch (minutes).
+STEP_SAVE_S = 120.0
+EPOCH_SAVE_S = 900.0
+
+
+def save_allowance_s(enabled: bool, save_on_stop: str, configured: Union[str, float]) -> float:
+    """Seconds a platform's stop deadline (systemd's TimeoutStopSec, SLURM's --signal lead, a pod's grace period)
+    must leave for the cooperative save; 0 without cooperative mode (nnU-Net is stopped, nothing saved)."""
+    if not enabled:
+        return 0.0
+    if configured != "auto":
+        return float(configured)
+    return STEP_SAVE_S if save_on_stop == "step" else EPOCH_SAVE_S
+
+
 def save_timeout_s(configured: Union[str, float], epoch_times: Sequence[float]) -> float:
     """How long a cooperative trainer may take to reach its epoch end and save: the rest of an epoch, generously."""
     if configured != "auto":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.context import RunContext
+from supervisor.core.rules import save_allowance_s
 from supervisor.errors import ExitCode
 from supervisor.oomscore import CHILD_VAR
 
@@ -144,8 +145,9 @@ def spec_for(ctx: RunContext, python: str, user: str | None, user_unit: bool) ->
         env["nnUNet_raw"] = str(ctx.paths.raw)
     # nnU-Net writes the results and unpacks the preprocessed data in place (.npz -> .npy)
     writable = [ctx.paths.results, ctx.paths.preprocessed]
-    save_s = cfg.cooperative.stop_timeout_s if cfg.cooperative.stop_timeout_s != "auto" else 900.0
-    stop_s = cfg.process.stop_grace_s + (float(save_s) if cfg.cooperative.enabled else 0.0) + 60
+    coop = cfg.cooperative
+    save_s = save_allowance_s(coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
+    stop_s = cfg.process.stop_grace_s + save_s + 60
     nn = cfg.nnunet
     return UnitSpec(
         name=ctx.config_path.stem, python=python, config=ctx.config_path, working_dir=ctx.config_path.parent,

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from supervisor.core.rules import save_allowance_s
 from supervisor.errors import ConfigError, ExitCode
 from supervisor.experiment.context import Cell, ExperimentContext
 from supervisor.experiment.findbest import OUTPUTS
@@ -72,9 +73,9 @@ def parallelism(exp: ExperimentContext, cells: int) -> int:
 
 
 def grace_s(exp: ExperimentContext) -> int:
-    """Room for SIGTERM to become a cooperative save at the epoch end, then the tree's stop."""
+    """Room for SIGTERM to become a cooperative save (at the next step, or the epoch end), then the tree's stop."""
     coop = exp.spec.cooperative
-    save = (float(coop.stop_timeout_s) if coop.stop_timeout_s != "auto" else 900.0) if coop.enabled else 0.0
+    save = save_allowance_s(coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
     return int(exp.spec.process.stop_grace_s + save + 60)
 
 

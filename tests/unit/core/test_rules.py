@@ -68,3 +68,12 @@ def test_every_is_due_at_once_then_after_each_interval() -> None:
     assert not every.due(129.9)
     assert every.due(130.0)
     assert not every.due(131.0)
+
+
+def test_the_platform_allowance_follows_where_a_stop_saves() -> None:
+    from supervisor.core.rules import EPOCH_SAVE_S, STEP_SAVE_S, save_allowance_s
+
+    assert save_allowance_s(False, "step", "auto") == 0.0  # nothing saved: nnU-Net is stopped
+    assert save_allowance_s(True, "step", "auto") == STEP_SAVE_S < EPOCH_SAVE_S == save_allowance_s(True, "epoch",
+                                                                                                     "auto")
+    assert save_allowance_s(True, "step", 45.0) == 45.0  # the user's own stop_timeout_s

@@ -47,7 +47,7 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path, device: str)
     # an OOM kill of the trainer is ours to answer, and the kernel picks the trainer, not us
     assert "OOMPolicy=continue" in text and "OOMScoreAdjust=-500" in text
     assert "Environment=NNUNET_SUPERVISE_CHILD_OOM_SCORE_ADJ=0" in text
-    assert ("TimeoutStopSec=962" in text) == (device == "cuda")  # grace 2 + cooperative save 900 + 60
+    assert ("TimeoutStopSec=182" in text) == (device == "cuda")  # grace 2 + a save at the next step 120 + 60
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 

@@ -220,7 +220,8 @@ def test_the_indexed_job_maps_our_exit_codes_to_the_engines_retry_rules(tmp_path
     assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [75]
     assert rules[2]["action"] == "FailIndex" and rules[2]["onExitCodes"]["values"] == [1, 2, 3]
     pod = job["template"]["spec"]
-    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 30 + 900 + 60
+    # the stop grace, a cooperative save at the next step (120 s), 60 s for the tree
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 30 + 120 + 60
     fold = pod["containers"][0]
     assert fold["resources"] == {"requests": {"cpu": "8", "memory": "48Gi"}, "limits": {"nvidia.com/gpu": 1}}
     command = fold["command"][2]
