@@ -136,6 +136,8 @@ class ProcessSection(_Section):
     stop_grace_s: float = Field(30.0, ge=0)
     # the trainer's output kept per attempt (head and newest part; at most 1.5 x this on disk); null: no cap
     attempt_log_max_mb: Union[float, None] = Field(64.0, gt=0)
+    # the first attempt's log and the newest this many are kept as they are; those between are gzipped
+    attempt_logs_kept: int = Field(20, ge=0)
 
     @property
     def attempt_log_max_bytes(self) -> int | None:

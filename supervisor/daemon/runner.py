@@ -56,6 +56,7 @@ from supervisor.gpu.monitor import GpuMonitor, gpu_outcome, monitor_for_run, wai
 from supervisor.rundir import recover
 from supervisor.rundir.eventlog import EventLog
 from supervisor.rundir.lock import RunLock
+from supervisor.rundir.logs import compress_old_attempt_logs
 from supervisor.rundir.statefile import StateStore
 from supervisor.stages.stage import Look, Stage
 from supervisor.stages.training.stage import TrainingStage
@@ -345,6 +346,9 @@ class Engine:
         assert returncode is not None
         self.queue.put(MainExited(proc))
         stopped = proc.stop_leftovers(self.leftover_grace_s)
+        # a crash loop's logs stay bounded: the first and the newest as they are, the rest gzipped (here, in the
+        # waiting thread: compressing a full log takes a second)
+        compress_old_attempt_logs(self.files.supervisor_dir, self.stage.config.process.attempt_logs_kept)
         try:
             self.stage.settle(returncode)  # the slow look at what it left, here rather than on the main loop
         except Exception as exc:  # a bug of ours: raised on the main thread (exit 70), never a loop left waiting
