@@ -24,7 +24,7 @@ from supervisor.rundir.statefile import StateStore
 
 log = logging.getLogger("nnunet_supervise")
 
-ATTEMPT_LOG = re.compile(r"^attempt-(\d+)\.log$")
+ATTEMPT_LOG = re.compile(r"^attempt-(\d+)\.log(?:\.gz)?$")  # gzipped: an old one (rundir.logs)
 
 
 def own_files(layout: RunFiles) -> list[Path]:
