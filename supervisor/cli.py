@@ -671,6 +671,89 @@ def status(config: Path, as_json: bool) -> None:
                    f"{pred['attempt']}, {pred['cases_done']}/{pred['cases_total']} cases{failed} ({pred['output']})")
 
 
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def doctor(config: Path | None, as_json: bool) -> None:
+    """What an nnU-Net problem report needs (Python, torch with CUDA and cuDNN, the NVIDIA driver, the libraries'
+    versions, /dev/shm, the CPUs and memory really given, free disk under the nnU-Net folders of CONFIG or the
+    environment) and the known-bad combinations, each with its upstream issue. Exit 0 fine, 1 a known problem."""
+    from supervisor.observe import doctor as doc
+
+    if config is not None and not config.is_file():
+        _fail(ConfigError([f"no such file: {config}"], str(config)))
+    found = doc.report(doc.gather(config))
+    click.echo(json.dumps(found, indent=2, default=str) if as_json else doc.text(found))
+    sys.exit(found["exit_code"])
+
+
+def _bundle_sources(config: Path) -> tuple[list[Any], list[str]]:
+    """The run directories a bundle of CONFIG packs: a run.yaml's fold and prediction, an experiment's own folder,
+    every cell's fold and its prediction, and a supervised preprocessing where there is one."""
+    from supervisor.expfile import is_experiment
+    from supervisor.observe import bundle as b
+    from supervisor.stages.preprocessing.context import PreprocessContext
+
+    try:
+        document = _document(config)
+        whole = is_experiment(document)
+    except SupervisorError as exc:
+        return [], [f"the config could not be read, so no run directory was found: {exc}"]
+    sources: list[Any] = []
+    notes: list[str] = []
+    if whole:
+        from supervisor.experiment.context import ExperimentContext
+
+        try:
+            ectx = ExperimentContext.load(config, document)
+        except SupervisorError as exc:
+            notes.append(f"the experiment could not be resolved: {exc}")
+        else:
+            sources.append(b.experiment_source(ectx.layout.root))
+            sources += [b.run_source(cell.name, ectx.fold_layout(cell)) for cell in ectx.cells]
+            if ectx.predicts:
+                sources += b.prediction_sources("prediction", ectx.predict_layout())
+    else:
+        sources, notes = b.config_sources(config, document)
+    try:
+        pre = PreprocessContext.load(config, document).layout
+        if pre.supervisor_dir.is_dir():
+            sources.append(b.run_source("preprocessing", pre))
+    except SupervisorError:
+        pass  # no raw dataset or nnUNet_raw here: preprocessing is not this machine's business
+    return sources, notes
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The bundle to write, e.g. report.tar.gz.")
+@click.option("--no-doctor", is_flag=True, help="Leave out the doctor's report (it imports torch in a subprocess).")
+def bundle(config: Path, output: Path, no_doctor: bool) -> None:
+    """Pack what an issue report needs into one .tar.gz: the config, state.json, events.jsonl, the last lines of
+    every attempt log with the first real traceback of each, nnU-Net's training log, the doctor's report, and a
+    README.txt listing them; paths under $HOME read ~. An experiment file: its own folder and every fold's; a predict
+    section: the prediction's run directory too."""
+    from supervisor.observe import bundle as b
+    from supervisor.observe import doctor as doc
+
+    if not config.is_file():
+        _fail(ConfigError([f"no such file: {config}"], str(config)))
+    sources, notes = _bundle_sources(config)
+    report = None if no_doctor else doc.report(doc.gather(config))
+    try:
+        readme = b.write_bundle(output, config, sources, report, None if report is None else doc.text(report),
+                                notes=notes)
+    except OSError as exc:
+        click.echo(f"nnunet-supervise: cannot write {output}: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
+    missing = readme[readme.index("Missing or damaged:") + 1:] if "Missing or damaged:" in readme else []
+    click.echo(f"bundle: {output} ({output.stat().st_size / 1024:.0f} KiB, {len(sources)} run director"
+               f"{'y' if len(sources) == 1 else 'ies'})")
+    for line in missing:
+        click.echo(f"  missing or damaged: {line.strip()}")
+
+
 def _stop_preprocessing(config: Path, wait_s: float | None) -> bool:
     """Ask a live supervised preprocessing or prediction of this file to stop resumably; was one asked?"""
     from supervisor.config import parse_config
