@@ -387,6 +387,9 @@ def report(config: Path, output: Path | None, as_json: bool) -> None:
     for r in numbers["remedies"]:
         click.echo(f"  remedy from attempt {r['attempt']}: {r['variable']} {r['from']} -> {r['to']} "
                    f"(after {r['cause']})")
+    for up in numbers["startup"]:
+        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in up["parts"].items())
+        click.echo(f"  start-up of attempt {up['attempt']}: {parts} (total {up['total_s']:.1f} s)")
     if output is not None:
         click.echo(f"timeline: {output}")
     for line in report_lines(pred) if pred is not None else []:

@@ -68,7 +68,9 @@ def build_argv(ctx: RunContext, command: list[str], resume: bool, pretrained: st
 
 
 def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The trainer's environment: ours, plus the config's env, nnU-Net's folders and custom trainer paths."""
+    """The trainer's environment: ours, plus the config's env, nnU-Net's folders and custom trainer paths, and
+    torch.compile's caches (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) unless the user set them: one for all folds of
+    the configuration, in <nnUNet_results>/<dataset>/<trainer>__<plans>__<configuration>/.compile-cache/."""
     env = dict(os.environ if base is None else base)
     env.update(ctx.config.nnunet.env)
     env["nnUNet_preprocessed"] = str(ctx.paths.preprocessed)
@@ -83,6 +85,12 @@ def build_env(ctx: RunContext, attempt: int, base: Mapping[str, str] | None = No
     env[ATTEMPT_VAR] = str(attempt)
     env[MARKER_VAR] = str(ctx.layout.fold_dir)
     env["PYTHONUNBUFFERED"] = "1"  # the attempt log shows the traceback even when the trainer is SIGKILLed
+    # beside the configuration's folds, not in /tmp: a relaunch on another node or pod, a systemd restart with
+    # PrivateTmp, the next fold compile warm. Never a folder the user chose (nnunet.env, the supervisor's environment).
+    cache = ctx.layout.fold_dir.parent / ".compile-cache"
+    for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if not env.get(var):
+            env[var] = str(cache / sub)
     coop = ctx.config.cooperative
     if coop.enabled:
         env[SAVE_EVERY_EPOCHS_VAR] = str(coop.save_every_epochs or 0)

@@ -74,9 +74,9 @@ def render(spec: UnitSpec) -> str:
         *user,
         *env_lines,
         "Environment=PYTHONUNBUFFERED=1",
-        # matplotlib and triton want a writable home; give them the unit's cache directory instead
+        # matplotlib wants a writable home; give it the unit's cache directory instead (inductor's and triton's
+        # caches go to the results folder, shared by the folds and kept across a PrivateTmp restart: command.py)
         "Environment=MPLCONFIGDIR=%C/nnunet-supervise/matplotlib",
-        "Environment=TRITON_CACHE_DIR=%C/nnunet-supervise/triton",
         "CacheDirectory=nnunet-supervise",
         f"WatchdogSec={WATCHDOG_S}",
         "# an OOM kill in the trainer's tree is the supervisor's to answer (evidence, a remedy, a relaunch); systemd's",

@@ -1,28 +1,38 @@
 """`nnunet-supervise report`: what happened to a run, as numbers and as a timeline picture.
 
-Read from the run's files only: nnU-Net's training logs (one per start; an epoch's start and its "Epoch time")
-and events.jsonl (launches, exits and their classification). An epoch counts as *kept* when it is the last
-completion of that epoch index; earlier completions were redone. Goodput = time spent in kept epochs / wall time.
+Read from the run's files only: nnU-Net's training logs (one per start; an epoch's start and its "Epoch time"),
+events.jsonl (launches, exits and their classification) and, in cooperative mode, the shim's `start-up:` line in
+each attempt log (where an attempt's start-up went: imports, the trainer, initialize, data and workers, the first
+step). An epoch counts as *kept* when it is the last completion of that epoch index; earlier completions were
+redone. Goodput = time spent in kept epochs / wall time.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from supervisor.core.classify import NOT_FAILURES
-from supervisor.fileread import read_bytes
+from supervisor.fileread import open_regular, read_bytes
 from supervisor.layout import RunLayout
 from supervisor.rundir.eventlog import read_events
+from supervisor.trainer.cooperative import STARTUP_PREFIX
 
 log = logging.getLogger("nnunet_supervise")
 MAX_LOG_BYTES = 256 << 20  # nnU-Net writes ~1 KB per epoch
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*?)\s*$", re.M)
+STARTUP_HEAD_BYTES = 16 << 20  # the line comes at the first step; a capped attempt log keeps its head (logcap)
+STARTUP_LINE = re.compile(rb"^" + re.escape(STARTUP_PREFIX.encode()) + rb" (.*) \(total (\d+(?:\.\d+)?) s\)\s*$",
+                          re.M)
+STARTUP_PART = re.compile(r"^(.+?) (\d+(?:\.\d+)?) s$")
+ATTEMPT_LOG = re.compile(r"^attempt-(\d+)\.log(\.gz)?$")  # the older ones gzipped (rundir.logs)
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Timeline:
     launches: list[tuple[float, int]] = field(default_factory=list)  # (ts, attempt)
     causes: dict[int, str] = field(default_factory=dict)  # attempt -> the cause of its failure, where one was found
     remedies: list[dict[str, Any]] = field(default_factory=list)  # the `remedy` events
+    startup: list[dict[str, Any]] = field(default_factory=list)  # per attempt: read_startup's split, where logged
     start: float = 0.0
     end: float = 0.0
 
@@ -70,6 +81,52 @@ def read_log(path: Path) -> list[Epoch]:
     return epochs
 
 
+def parse_startup(text: bytes) -> dict[str, Any] | None:
+    """The first `start-up:` line of an attempt's output as {"parts": {name: seconds, ...}, "total_s": seconds}
+    (the parts in the order logged); None without one (not cooperative, or the attempt died before its first step)."""
+    for m in STARTUP_LINE.finditer(text):
+        parts: dict[str, float] = {}
+        for chunk in m.group(1).decode("utf-8", "replace").split(", "):
+            part = STARTUP_PART.match(chunk.strip())
+            if part is None:
+                break
+            parts[part.group(1)] = float(part.group(2))
+        else:
+            return {"parts": parts, "total_s": float(m.group(2))}
+    return None
+
+
+def read_startup(path: Path) -> dict[str, Any] | None:
+    """parse_startup of an attempt log's head (also a gzipped one); None when it has none or cannot be read."""
+    try:
+        with open_regular(path) as f:
+            if path.name.endswith(".gz"):
+                with gzip.GzipFile(fileobj=f) as z:
+                    head = z.read(STARTUP_HEAD_BYTES)
+            else:
+                head = f.read(STARTUP_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return parse_startup(head)
+
+
+def startups(layout: RunLayout) -> list[dict[str, Any]]:
+    """Each attempt's start-up split, attempt by attempt: {"attempt": N, "parts": {...}, "total_s": ...}."""
+    logs: dict[int, Path] = {}
+    try:
+        for p in sorted(layout.supervisor_dir.iterdir(), key=lambda p: p.name.endswith(".gz"), reverse=True):
+            if (m := ATTEMPT_LOG.match(p.name)) is not None:
+                logs[int(m.group(1))] = p  # the plain one over a gzipped copy of it (being compressed)
+    except OSError:
+        return []
+    out = []
+    for attempt, path in sorted(logs.items()):
+        found = read_startup(path)
+        if found is not None:
+            out.append({"attempt": attempt, **found})
+    return out
+
+
 def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
     events = list(read_events(layout.events_file))
     t = Timeline()
@@ -94,6 +151,7 @@ def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
     t.start = min(stamps, default=0.0)
     ends = [e["ts"] for e in events] + [e.end for e in t.epochs if e.end is not None]
     t.end = max(ends, default=now or time.time())
+    t.startup = startups(layout)
     return t
 
 
@@ -114,6 +172,7 @@ def summary(t: Timeline) -> dict[str, Any]:
         "failures": [{"ts": ts, "attempt": a, "classification": c, **({"cause": t.causes[a]} if a in t.causes else {})}
                      for ts, a, c in t.failures],
         "remedies": t.remedies,
+        "startup": t.startup,
     }
 
 

@@ -22,6 +22,9 @@ stock or custom, keeps its own overrides: the wrappers call the bound methods th
   iteration-level progress.
 - a save that fails for lack of space leaves the old checkpoint intact, says so and exits 74; the supervisor
   waits for space before it relaunches.
+- start-up timing (Startup): the process start, nnU-Net's imports, the trainer's construction, initialize, a
+  resume's load_checkpoint, get_dataloaders and the first train_step, as one `start-up:` line in the attempt log at
+  the first step (and a "startup" key in the heartbeat from then on); `report` reads the line back.
 - _set_batch_size_and_oversample: with NNUNET_SUPERVISE_BATCH_SIZE set (a remedy after a CUDA OOM that the user
   opted in to), the batch size the plans give is replaced; the plans, the results folder and the checkpoints stay.
 
@@ -287,6 +290,7 @@ class Cooperation:
         self.writer: threading.Thread | None = None
         self.write_error: BaseException | None = None
         self.records = Records(settings.written, settings.context)
+        self.startup: dict[str, Any] | None = None  # Startup.doc() once the first step is done: in the heartbeat
 
     @property
     def torch(self) -> Any:
@@ -561,6 +565,8 @@ class Cooperation:
         body = {"ts": time.time(), "pid": self.main_pid, "phase": self.phase,
                 "epoch": int(self.trainer.current_epoch), "iteration": self.iteration,
                 "max_gap_s": round(self.max_gap_s, 3)}
+        if self.startup is not None:
+            body["startup"] = self.startup
         try:
             atomic_write_text(path, json.dumps(body), durable=False)  # once a second: not worth an fsync
         except OSError:
@@ -597,8 +603,155 @@ class Cooperation:
         self._exit(code)
 
 
-def install(trainer: Any, settings: Settings | None = None) -> Cooperation:
+# ---- start-up timing ----
+
+STARTUP_PREFIX = f"{MARK} start-up:"  # the attempt log's line (report reads it back: supervisor.observe.report)
+
+
+def process_started(now: float, stat: str, uptime: str, hz: int) -> float | None:
+    """When this process started, in time.time() seconds, from /proc/self/stat's starttime (clock ticks after boot,
+    field 22) and /proc/uptime: the interpreter's own start-up is then part of the imports. None if they do not
+    parse."""
+    try:
+        fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+        age = float(uptime.split()[0]) - int(fields[19]) / hz
+    except (ValueError, IndexError, ZeroDivisionError):
+        return None
+    return now - age if age >= 0 else None
+
+
+def own_start(now: float) -> float | None:
+    """process_started for this process (None where there is no /proc)."""
+    try:
+        with open("/proc/self/stat") as f, open("/proc/uptime") as g:
+            stat, uptime = f.read(), g.read()
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return process_started(now, stat, uptime, hz)
+
+
+class Startup:
+    """Where nnU-Net's start-up goes, as the shim sees it (wall-clock seconds): the process started; nnU-Net's
+    imports were done when it called get_trainer_from_args (the shim's launch); the trainer was built when that
+    returned; initialize (the network, torch.compile's wrapper), a resume's load_checkpoint and get_dataloaders
+    (the augmentation workers and their first batches) are timed where nnU-Net calls them; on_train_start's end to
+    the first train_step done is the first step (where torch.compile compiles). One line in the attempt log at the
+    first step, also kept in the heartbeat file ("startup")."""
+
+    def __init__(self, started: float | None = None, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.started = started  # the process (or the shim's first line)
+        self.imports_done: float | None = None
+        self.built: float | None = None
+        self.initialize_s = 0.0
+        self.checkpoint_s = 0.0  # load_checkpoint, less an initialize inside it
+        self.data_s = 0.0
+        self.train_start_ended: float | None = None
+        self.first_step: float | None = None
+
+    def parts(self) -> tuple[list[tuple[str, float]], float] | None:
+        """The split and the total, in seconds; None before the first step."""
+        if self.first_step is None:
+            return None
+        origin = next((t for t in (self.started, self.imports_done, self.built) if t is not None), None)
+        if origin is None:
+            return None
+        out: list[tuple[str, float]] = []
+        if self.started is not None and self.imports_done is not None:
+            out.append(("imports", self.imports_done - self.started))
+        if self.imports_done is not None and self.built is not None:
+            out.append(("trainer", self.built - self.imports_done))
+        out.append(("initialize", self.initialize_s))
+        if self.checkpoint_s > 0:
+            out.append(("checkpoint", self.checkpoint_s))
+        out.append(("data+workers", self.data_s))
+        first = self.first_step - self.train_start_ended if self.train_start_ended is not None else None
+        total = self.first_step - origin
+        other = total - sum(v for _, v in out) - (first or 0.0)
+        if other >= 0.05:  # argparse, unpacking, the plans' copies, the architecture plot, ...
+            out.append(("other", other))
+        if first is not None:
+            out.append(("first step", first))
+        return out, total
+
+    def line(self) -> str | None:
+        found = self.parts()
+        if found is None:
+            return None
+        parts, total = found
+        return f"{', '.join(f'{name} {value:.1f} s' for name, value in parts)} (total {total:.1f} s)"
+
+    def doc(self) -> dict[str, Any] | None:
+        found = self.parts()
+        if found is None:
+            return None
+        parts, total = found
+        return {**{name: round(value, 3) for name, value in parts}, "total": round(total, 3)}
+
+    def timed(self, fn: Callable[..., Any], add: Callable[[float], None]) -> Callable[..., Any]:
+        """fn, its duration handed to add, less an initialize made inside it (nnU-Net's load_checkpoint initializes
+        a trainer that was not yet: that time is the initialize's)."""
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            begun, before = self.wall(), self.initialize_s
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                add(self.wall() - begun - (self.initialize_s - before))
+        return wrapper
+
+    def install(self, trainer: Any, coop: Cooperation | None = None) -> None:
+        """Wrap the trainer instance's start-up methods (those it has); each wrapper calls the bound method it
+        replaces and only notes the time."""
+        t = self
+
+        def add_initialize(s: float) -> None:
+            t.initialize_s += s
+
+        def add_checkpoint(s: float) -> None:
+            t.checkpoint_s += s
+
+        def add_data(s: float) -> None:
+            t.data_s += s
+
+        if self.built is None:
+            self.built = self.wall()
+        if hasattr(trainer, "initialize"):
+            trainer.initialize = self.timed(trainer.initialize, add_initialize)
+        if hasattr(trainer, "load_checkpoint"):
+            trainer.load_checkpoint = self.timed(trainer.load_checkpoint, add_checkpoint)
+        if hasattr(trainer, "get_dataloaders"):
+            trainer.get_dataloaders = self.timed(trainer.get_dataloaders, add_data)
+        if hasattr(trainer, "on_train_start"):
+            orig_train_start = trainer.on_train_start
+
+            def on_train_start(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return orig_train_start(*args, **kwargs)
+                finally:
+                    t.train_start_ended = t.wall()
+
+            trainer.on_train_start = on_train_start
+        if hasattr(trainer, "train_step"):
+            orig_step = trainer.train_step
+
+            def train_step(*args: Any, **kwargs: Any) -> Any:
+                out = orig_step(*args, **kwargs)
+                if t.first_step is None:
+                    t.first_step = t.wall()
+                    text = t.line()
+                    if text is not None:
+                        say(f"start-up: {text}")
+                    if coop is not None:
+                        coop.startup = t.doc()
+                return out
+
+            trainer.train_step = train_step
+
+
+def install(trainer: Any, settings: Settings | None = None, startup: Startup | None = None) -> Cooperation:
     coop = Cooperation(trainer, settings or Settings.from_env())
+    (startup or Startup()).install(trainer, coop)  # innermost: the cooperative wrappers below call these
     gone = remove_stale_temps(Path(trainer.output_folder))
     if gone:
         say(f"removed {len(gone)} half-written temporary checkpoint(s) of a killed save: "

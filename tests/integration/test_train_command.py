@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supervisor.demo.runyaml import DEMO_TRAINER, QUIET_ENV, TRAINERS
+from supervisor.demo.runyaml import QUIET_ENV
 from supervisor.rundir.eventlog import read_events
 from supervisor.rundir.statefile import StateStore
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
+
+TRAINERS = Path(__file__).resolve().parents[1] / "trainers"
+SHORT = "nnUNetTrainer_Short"  # 4 epochs of 3 steps, a checkpoint every epoch
 
 
 def test_the_users_own_command_is_supervised_and_a_killed_trainer_resumed(tiny_dataset: tuple[Path, Path],
@@ -32,9 +35,9 @@ def test_the_users_own_command_is_supervised_and_a_killed_trainer_resumed(tiny_d
     log = tmp_path / "train.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen([sys.executable, "-m", "supervisor", "train", "901", "3d_fullres", "0", "-tr",
-                                DEMO_TRAINER, "-device", "cpu", "--npz", "--c", "--max-restarts", "3"],
+                                SHORT, "-device", "cpu", "--npz", "--c", "--max-restarts", "3"],
                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    fold = results / "Dataset901_Tiny" / f"{DEMO_TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = results / "Dataset901_Tiny" / f"{SHORT}__nnUNetPlans__3d_fullres" / "fold_0"
     state_file = fold / "supervisor" / "state.json"
     try:
         pid = wait_for(lambda: (StateStore(state_file).load().get("epoch") or 0) >= 2
@@ -46,7 +49,7 @@ def test_the_users_own_command_is_supervised_and_a_killed_trainer_resumed(tiny_d
             sup.kill()
     run_yaml = fold / "supervisor" / "run.yaml"
     doc = yaml.safe_load(run_yaml.read_text())
-    assert doc["nnunet"]["trainer"] == DEMO_TRAINER and doc["nnunet"]["extra_args"] == ["--npz"]
+    assert doc["nnunet"]["trainer"] == SHORT and doc["nnunet"]["extra_args"] == ["--npz"]
     assert str(run_yaml) in log.read_text()
     launches = [e for e in read_events(fold / "supervisor" / "events.jsonl") if e["event"] == "launch"]
     assert len(launches) == 2 and "--c" in launches[1]["argv"] and "--npz" in launches[1]["argv"]

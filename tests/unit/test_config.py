@@ -12,7 +12,8 @@ from supervisor.errors import ConfigError
 
 TOP_KEYS = ("nnunet, paths, restart, process, heartbeat, checkpoint, cooperative, power, metrics, notify, remedies, "
             "preprocess, predict")
-NNUNET_KEYS = "dataset, configuration, fold, trainer, plans, device, num_gpus, trainer_paths, extra_args, env"
+NNUNET_KEYS = ("dataset, configuration, fold, trainer, plans, device, num_gpus, trainer_paths, extra_args, env, "
+               "pretrained_weights")
 RESTART_KEYS = "max_restarts, backoff_initial_s, backoff_max_s, max_attempts_without_progress, disk_check_s"
 
 

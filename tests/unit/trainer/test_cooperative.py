@@ -460,3 +460,32 @@ def test_save_on_stop_epoch_keeps_the_save_at_the_epoch_end(tmp_path: Path, rest
     assert saved["current_epoch"] == 2 and cooperative.STEP_KEY not in saved and trainer.steps_run == 10
     assert Settings.from_env({"NNUNET_SUPERVISE_SAVE_ON_STOP": "epoch"}).stop_at_step is False
     assert Settings.from_env({}).stop_at_step is True
+
+
+def test_the_start_up_timing_changes_nothing_of_a_stop_in_the_first_step_and_its_resume(
+        tmp_path: Path, restore_signals: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """install() puts cooperative.Startup's wrappers innermost; a stop in the very first step still saves after it,
+    and the resumed epoch runs only its remaining steps (the start-up line printed once per process)."""
+
+    def with_startup(folder: Path) -> tuple[NnUNetLike, Cooperation]:
+        torch = FakeTorch()
+        trainer = NnUNetLike(folder, torch)
+        coop = Cooperation(trainer, Settings(save_every_epochs=1, exit_grace_s=3600.0), clock=Clock(),
+                           exit=raise_exit, torch=torch)
+        cooperative.Startup(started=0.0).install(trainer, coop)  # as install() does: before the cooperative wrappers
+        coop.install()
+        return trainer, coop
+
+    (tmp_path / "run").mkdir()
+    first, _ = with_startup(tmp_path / "run")
+    with pytest.raises(Exited) as exited:
+        first.run_training(stop_at=(0, 0))  # SIGTERM during the first step of all
+    assert exited.value.code == EXIT_STOPPED
+    saved = json.loads((tmp_path / "run" / "checkpoint_latest.pth").read_text())
+    assert saved[cooperative.STEP_KEY]["steps_done"] == 1 and saved["network_weights"] == {"w": 1}
+    again, coop = with_startup(tmp_path / "run")
+    again.load_checkpoint(str(tmp_path / "run" / "checkpoint_latest.pth"))
+    again.run_training()
+    assert again.steps_run == 4 + 5 + 5 and again.weights == 15
+    out = capsys.readouterr().out
+    assert out.count(cooperative.STARTUP_PREFIX) == 2 and coop.startup is not None  # one per process (trainer)
