@@ -148,9 +148,12 @@ def timeline(layout: RunLayout, now: float | None = None) -> Timeline:
     for ep in last.values():
         ep.kept = True
     stamps = [ts for ts, _ in t.launches] + [e.start for e in t.epochs]
-    t.start = min(stamps, default=0.0)
     ends = [e["ts"] for e in events] + [e.end for e in t.epochs if e.end is not None]
-    t.end = max(ends, default=now or time.time())
+    if not stamps:  # never trained (a prediction-only run.yaml): no wall time, not the years since 1970
+        t.start = t.end = 0.0
+    else:
+        t.start = min(stamps)
+        t.end = max(ends, default=now or time.time())
     t.startup = startups(layout)
     return t
 

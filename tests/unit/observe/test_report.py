@@ -52,3 +52,11 @@ def test_goodput_redone_epochs_restarts_and_failures(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     text = CliRunner().invoke(main, ["report", str(ctx.config_path)])
     assert "goodput 50.0%" in text.output and "1 redone, 1 restarts" in text.output
+
+
+def test_a_run_that_never_trained_has_no_wall_time(tmp_path: Path) -> None:
+    from supervisor.observe.report import summary, timeline
+
+    ctx = make_ctx(tmp_path)
+    numbers = summary(timeline(ctx.layout))
+    assert numbers["wall_s"] == 0.0 and numbers["attempts"] == 0 and numbers["goodput"] == 0.0
