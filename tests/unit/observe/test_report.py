@@ -57,6 +57,6 @@ def test_goodput_redone_epochs_restarts_and_failures(tmp_path: Path) -> None:
 def test_a_run_that_never_trained_has_no_wall_time(tmp_path: Path) -> None:
     from supervisor.observe.report import summary, timeline
 
-    ctx = make_ctx(tmp_path)
+    ctx = make_ctx(tmp_path, [])
     numbers = summary(timeline(ctx.layout))
     assert numbers["wall_s"] == 0.0 and numbers["attempts"] == 0 and numbers["goodput"] == 0.0
