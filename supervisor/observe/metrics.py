@@ -1,5 +1,6 @@
 """Prometheus metrics (`metrics: {port: N}` serves them; `metrics: {textfile: PATH}` writes node_exporter's
-textfile format): epoch, total epochs, restarts, state, last checkpoint age, stalls, GPU faults.
+textfile format): epoch, total epochs, restarts, state, last checkpoint age, stalls, GPU faults; for a prediction the
+outputs quarantined and the cases set aside.
 
 The runner calls `update` with what it already has on every step and `count` for events; neither does I/O
 except the textfile write, at most every `textfile_every_s`.
@@ -17,7 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 log = logging.getLogger(__name__)
 
 STATES = ("init", "starting", "running", "backoff", "stopping", "finished", "failed", "stopped")
-COUNTED = {"stall": "stalls", "gpu_fault": "gpu_faults", "exit": "exits", "requeue": "requeues"}
+COUNTED = {"stall": "stalls", "gpu_fault": "gpu_faults", "exit": "exits", "requeue": "requeues",
+           # a prediction's: outputs found torn or wrong (quarantined, made again), cases set aside as poison
+           "output_corrupt": "outputs_corrupt", "case_failed": "cases_failed"}
 
 
 class Metrics:

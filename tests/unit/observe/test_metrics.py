@@ -31,6 +31,16 @@ def samples(text: str) -> dict[str, float]:
     return out
 
 
+def test_a_predictions_quarantined_outputs_and_set_aside_cases_are_counted(tmp_path: Path) -> None:
+    prom = tmp_path / "predict.prom"
+    m = Metrics("/out", textfile=prom, clock=lambda: 0.0)
+    for event in ("output_corrupt", "output_corrupt", "case_failed"):
+        m.count(event, {})
+    m.close()
+    s = samples(prom.read_text())
+    assert s["nnunet_supervise_outputs_corrupt_total"] == 2 and s["nnunet_supervise_cases_failed_total"] == 1
+
+
 @pytest.mark.process
 def test_the_endpoint_is_scraped_during_a_run_and_counts_failures(tmp_path: Path) -> None:
     port = free_port()
