@@ -71,9 +71,10 @@ def _document(config: Path) -> Any:
     return _DOCUMENTS[path]
 
 
-def _load(config: Path, fold: str | None = None, configuration: str | None = None) -> RunContext:
+def _load(config: Path, fold: str | None = None, configuration: str | None = None, trainer: str | None = None,
+          plans: str | None = None) -> RunContext:
     try:
-        return RunContext.load(config, fold, configuration, _document(config))
+        return RunContext.load(config, fold, configuration, _document(config), trainer, plans)
     except SupervisorError as exc:
         _fail(exc)
         raise  # unreachable; keeps type checkers content
@@ -114,7 +115,12 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--fold", default=None, help="Override nnunet.fold (a SLURM job array passes its task id).")
 @click.option("--configuration", default=None, help="With --fold: one cell of an experiment file.")
-def run(config: Path, verbose: bool, fold: str | None, configuration: str | None) -> None:
+@click.option("--trainer", default=None, help="With --configuration and --fold: the cell's trainer (an experiment of "
+              "several experiment.trainers).")
+@click.option("--plans", default=None, help="With --configuration and --fold: the cell's plans (an experiment of "
+              "several experiment.plans).")
+def run(config: Path, verbose: bool, fold: str | None, configuration: str | None, trainer: str | None = None,
+        plans: str | None = None) -> None:
     """Supervise one training until it finishes (0), gives up (1) or is stopped resumably (75); an experiment file:
     every configuration and fold, then find_best_configuration (0 all done, 1 incomplete, 75 stopped).
 
@@ -125,7 +131,7 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
     from supervisor.preflight import Report, cheap_checks
 
     level = _logging(verbose)
-    if fold is None and configuration is None and _experiment(config, "run"):
+    if fold is None and configuration is None and trainer is None and plans is None and _experiment(config, "run"):
         from supervisor.experiment import commands
         from supervisor.expfile import parse_experiment
 
@@ -143,7 +149,7 @@ def run(config: Path, verbose: bool, fold: str | None, configuration: str | None
         except Exception:  # a bug of ours: 70, which a systemd unit restarts (the folds train on meanwhile)
             logging.getLogger("supervisor").exception("the supervisor crashed; exiting %d", ExitCode.CRASHED)
             sys.exit(ExitCode.CRASHED)
-    ctx = _load(config, fold, configuration)
+    ctx = _load(config, fold, configuration, trainer, plans)
     report = Report()
     cheap_checks(ctx, report)
     if not report.ok:
@@ -240,7 +246,7 @@ def train(click_ctx: click.Context, args: tuple[str, ...]) -> None:
                    "move the validation folder away to make it again", err=True)
     if req.write_only:
         sys.exit(ExitCode.FINISHED)
-    click_ctx.invoke(run, config=target, verbose=req.verbose, fold=None, configuration=None)
+    click_ctx.invoke(run, config=target, verbose=req.verbose, fold=None, configuration=None, trainer=None, plans=None)
 
 
 def _logging(verbose: bool) -> int:

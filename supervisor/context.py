@@ -25,10 +25,11 @@ class RunContext:
 
     @classmethod
     def load(cls, config_path: Path, fold: int | str | None = None, configuration: str | None = None,
-             doc: Any = None) -> RunContext:
+             doc: Any = None, trainer: str | None = None, plans: str | None = None) -> RunContext:
         """Load and resolve; raises ConfigError naming what is wrong. `fold` overrides nnunet.fold (a SLURM
         job array runs one config for several folds). From an experiment file, the run of one of its cells: both
-        `configuration` and `fold` are then needed. `doc`: the file's document, when the caller read it already
+        `configuration` and `fold` are then needed (and in a study of several trainers or plans, its `trainer` and
+        `plans`). `doc`: the file's document, when the caller read it already
         (a file is read and parsed once per command)."""
         config_path = config_path.resolve()
         doc = read_document(config_path) if doc is None else doc
@@ -36,8 +37,22 @@ class RunContext:
             if configuration is None or fold is None:
                 raise ConfigError(["this is an experiment file: `run` supervises all of it; one of its folds is "
                                    "`run FILE --configuration C --fold F`"], str(config_path))
-            cfg = parse_experiment(doc, str(config_path)).fold_config(configuration, parse_fold(fold))
+            spec = parse_experiment(doc, str(config_path))
+            problems = []
+            for given, listed, option in ((trainer, spec.trainers, "--trainer"), (plans, spec.plans_names, "--plans")):
+                if given is None and len(listed) > 1:
+                    problems.append(f"{option}: this experiment has several ({', '.join(listed)}); name the cell's")
+                elif given is not None and given not in listed:
+                    problems.append(f"{option}: {given} is not of this experiment ({', '.join(listed)})")
+            if problems:
+                raise ConfigError(problems, str(config_path))
+            study = len(spec.studies) > 1  # the single-trainer experiment's cell: nnunet.trainer / nnunet.plans
+            cfg = spec.fold_config(configuration, parse_fold(fold), (trainer or spec.trainers[0]) if study else None,
+                                   (plans or spec.plans_names[0]) if study else None)
         else:
+            if trainer is not None or plans is not None:
+                raise ConfigError(["--trainer/--plans: only with an experiment file (a run.yaml names nnunet.trainer "
+                                   "and nnunet.plans)"], str(config_path))
             if configuration is not None:
                 raise ConfigError([f"--configuration: only with an experiment file (this run.yaml trains "
                                    f"nnunet.configuration; got {configuration!r})"], str(config_path))

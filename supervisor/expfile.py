@@ -60,6 +60,10 @@ class ExperimentSection(_Section):
     """Which cells (configuration x fold) to train, where, and what to do once they all finished."""
 
     configurations: Union[list[str], None] = None  # null: every configuration in the plans with its data there
+    # a study: several trainers and/or plans (cells: trainer x plans x configuration x fold); null: nnunet.trainer /
+    # nnunet.plans, the one-item form
+    trainers: Union[list[str], None] = None
+    plans: Union[list[str], None] = None
     folds: list[Union[int, Literal["all"]]] = [0, 1, 2, 3, 4]
     devices: DevicesSection = DevicesSection()
     find_best: bool = True  # nnUNetv2_find_best_configuration once every fold finished
@@ -77,6 +81,16 @@ class ExperimentSection(_Section):
                 check_configuration(c)
             if len(set(v)) != len(v):
                 raise ValueError("a list of distinct configuration names")
+        return v
+
+    @field_validator("trainers", "plans")
+    @classmethod
+    def _names(cls, v: Union[list[str], None]) -> Union[list[str], None]:
+        if v is not None:
+            if not v or any(not isinstance(n, str) or not n or "/" in n or "__" in n for n in v):
+                raise ValueError("a non-empty list of names (no '/', no '__')")
+            if len(set(v)) != len(v):
+                raise ValueError("a list of distinct names")
         return v
 
     @field_validator("folds")
@@ -130,6 +144,33 @@ class ExperimentFile(RunSections):
         return self
 
     @model_validator(mode="after")
+    def _one_place_for_trainer_and_plans(self) -> ExperimentFile:
+        """nnunet.trainer / nnunet.plans are the one-item form of experiment.trainers / experiment.plans: both given
+        and differing is refused, naming both."""
+        problems = []
+        for one, many in (("trainer", "trainers"), ("plans", "plans")):
+            listed = getattr(self.experiment, many)
+            if listed is not None and one in self.nnunet.model_fields_set and listed != [getattr(self.nnunet, one)]:
+                problems.append(f"nnunet.{one} ({getattr(self.nnunet, one)}) and experiment.{many} "
+                                f"({', '.join(listed)}) both given and differ: name them in experiment.{many} only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def trainers(self) -> list[str]:
+        return list(self.experiment.trainers or [self.nnunet.trainer])
+
+    @property
+    def plans_names(self) -> list[str]:
+        return list(self.experiment.plans or [self.nnunet.plans])
+
+    @property
+    def studies(self) -> list[tuple[str, str]]:
+        """(trainer, plans) pairs, trainer-major; one pair for the single-trainer experiment."""
+        return [(t, p) for t in self.trainers for p in self.plans_names]
+
+    @model_validator(mode="after")
     def _predict_what_find_best_chose(self) -> ExperimentFile:
         p = self.predict
         if p.input is None and p.output is None:
@@ -145,10 +186,16 @@ class ExperimentFile(RunSections):
             raise ValueError("; ".join(problems))
         return self
 
-    def fold_config(self, configuration: str, fold: Union[int, Literal["all"]]) -> Config:
-        """The run.yaml of one cell: this file's sections, its configuration and fold, --npz when asked; the
-        experiment serves the metrics for all folds, so a fold serves none of its own."""
+    def fold_config(self, configuration: str, fold: Union[int, Literal["all"]], trainer: Union[str, None] = None,
+                    plans: Union[str, None] = None) -> Config:
+        """The run.yaml of one cell: this file's sections, its configuration and fold (and, in a study, its trainer
+        and plans), --npz when asked; the experiment serves the metrics for all folds, so a fold serves none of its
+        own."""
         nn = self.nnunet.model_dump()
+        if trainer is not None:
+            nn["trainer"] = trainer
+        if plans is not None:
+            nn["plans"] = plans
         if self.experiment.npz and NPZ not in nn["extra_args"]:
             nn["extra_args"] = [*nn["extra_args"], NPZ]
         sections = {name: getattr(self, name) for name in RunSections.model_fields}

@@ -41,8 +41,9 @@ class JobSpec:
     mem: str | None = None  # e.g. 16G: without it a SLURM that counts memory may give one job the whole node
     signal: str = PREEMPT_SIGNAL
     lead_s: int = LEAD_S
-    # an experiment's cells, one per array task: (configuration, fold), written into the script as a table
-    cells: tuple[tuple[str, str], ...] = ()
+    # an experiment's cells, one per array task: (configuration, fold), or in a study (configuration, fold, trainer,
+    # plans), written into the script as a table
+    cells: tuple[tuple[str, ...], ...] = ()
     max_parallel: int | None = None  # %N: at most N tasks of the array at once
     command: tuple[str, ...] = ("run",)  # the supervisor's command (an experiment's last job: "find-best")
     # an array of this many tasks over `command` itself (no table: the task reads SLURM_ARRAY_TASK_ID, e.g. through
@@ -82,10 +83,18 @@ def render(spec: JobSpec) -> str:
     command = f"exec {shlex.quote(spec.python)} -m supervisor {' '.join(spec.command)} {shlex.quote(str(spec.config))}"
     if spec.cells:
         # the array task's cell, from a table a person can read (not an index formula)
-        lines += ["CELLS=(", *(f"  {shlex.quote(f'{c} {f}')}  # task {i}" for i, (c, f) in enumerate(spec.cells)),
-                  ")", 'read -r CONFIGURATION FOLD <<< "${CELLS[$SLURM_ARRAY_TASK_ID]}"',
-                  'echo "nnunet-supervise: array task ${SLURM_ARRAY_TASK_ID}: ${CONFIGURATION} fold ${FOLD}"']
+        study = any(len(c) == 4 for c in spec.cells)  # several trainers or plans: each row names its own
+        lines += ["CELLS=(", *(f"  {shlex.quote(' '.join(c))}  # task {i}" for i, c in enumerate(spec.cells)), ")"]
+        if study:
+            lines += ['read -r CONFIGURATION FOLD TRAINER PLANS <<< "${CELLS[$SLURM_ARRAY_TASK_ID]}"',
+                      'echo "nnunet-supervise: array task ${SLURM_ARRAY_TASK_ID}: ${TRAINER} ${PLANS} ${CONFIGURATION} '
+                      'fold ${FOLD}"']
+        else:
+            lines += ['read -r CONFIGURATION FOLD <<< "${CELLS[$SLURM_ARRAY_TASK_ID]}"',
+                      'echo "nnunet-supervise: array task ${SLURM_ARRAY_TASK_ID}: ${CONFIGURATION} fold ${FOLD}"']
         command += ' --configuration "${CONFIGURATION}" --fold "${FOLD}"'
+        if study:
+            command += ' --trainer "${TRAINER}" --plans "${PLANS}"'
     elif spec.folds:
         command += ' --fold "${SLURM_ARRAY_TASK_ID}"'
     elif spec.tasks:

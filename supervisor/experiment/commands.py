@@ -13,7 +13,7 @@ import click
 
 from supervisor.deploy.systemd import UnitSpec, spec_for
 from supervisor.errors import ConfigError, SupervisorError
-from supervisor.experiment.context import ExperimentContext
+from supervisor.experiment.context import Cell, ExperimentContext
 from supervisor.experiment.devices import pool
 from supervisor.experiment.slurmchain import Options
 from supervisor.oomscore import protect_self
@@ -42,10 +42,16 @@ def checks(exp: ExperimentContext, deep: bool, data_deep: bool = False) -> Repor
         report.notes.append(f"devices: {line}")
     except ConfigError as exc:
         report.problems += exc.problems
-    for i, configuration in enumerate(exp.configurations):
-        ctx = exp.run(next(c for c in exp.cells if c.configuration == configuration))
+    firsts: dict[tuple[str | None, str], Cell] = {}  # one cell per configuration (per trainer x plans in a study)
+    for c in exp.cells:
+        firsts.setdefault((c.study, c.configuration), c)
+    looked: set[str | None] = set()
+    for i, ((study, conf), first) in enumerate(firsts.items()):  # in the cells' order
+        configuration = conf if study is None else f"{study}/{conf}"
+        ctx = exp.run(first)
         sub = Report()
-        if deep and i == 0:
+        if deep and (i == 0 or first.trainer not in looked):  # the trainer lookup (a subprocess) once per trainer
+            looked.add(first.trainer)
             sub = full_check(ctx, data_deep)  # the trainer lookup (a subprocess) once: every cell uses the same one
         else:
             cheap_checks(ctx, sub)

@@ -17,11 +17,11 @@ def find_best_argv(exp: ExperimentContext, configurations: list[str]) -> list[st
     folds = [str(f) for f in exp.spec.experiment.folds if f != "all"]
     if not folds:
         return None
-    nn = exp.spec.nnunet
     exe = Path(sys.executable).parent / "nnUNetv2_find_best_configuration"
     argv = [str(exe) if exe.is_file() else (shutil.which("nnUNetv2_find_best_configuration")
                                               or "nnUNetv2_find_best_configuration"),
-            exp.dataset_name, "-c", *configurations, "-tr", nn.trainer, "-p", nn.plans, "-f", *folds]
+            exp.dataset_name, "-c", *configurations, "-tr", *exp.spec.trainers, "-p", *exp.spec.plans_names,
+            "-f", *folds]
     if len(configurations) > 1 and not exp.spec.experiment.npz:
         argv.append("--disable_ensembling")  # ensembling needs the validations' .npz files (--npz)
     return argv

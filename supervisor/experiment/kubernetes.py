@@ -26,6 +26,7 @@ from supervisor.core.rules import save_allowance_s
 from supervisor.errors import ConfigError, ExitCode
 from supervisor.experiment.context import Cell, ExperimentContext
 from supervisor.experiment.findbest import OUTPUTS
+from supervisor.experiment.slurmchain import row, waiting_cells
 from supervisor.layout import PipelineLayout
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
@@ -127,14 +128,23 @@ def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: l
 
 def _cells_job(exp: ExperimentContext, name: str, key: str, cells: list[Cell],
                wait_for: list[str] | None) -> dict[str, Any]:
-    table = " ".join(shlex.quote(f"{c.configuration} {c.fold}") for c in cells)
-    command = "\n".join([
-        "set -euo pipefail",
-        f"CELLS=({table})  # index -> (configuration, fold)",
-        'read -r CONFIGURATION FOLD <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
-        'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${CONFIGURATION} fold ${FOLD}"',
-        f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
-        '--fold "${FOLD}"'])
+    table = " ".join(shlex.quote(" ".join(row(c))) for c in cells)
+    if exp.is_study:  # each index names its trainer and plans too
+        command = "\n".join([
+            "set -euo pipefail",
+            f"CELLS=({table})  # index -> (configuration, fold, trainer, plans)",
+            'read -r CONFIGURATION FOLD TRAINER PLANS <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
+            'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${TRAINER} ${PLANS} ${CONFIGURATION} fold ${FOLD}"',
+            f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
+            '--fold "${FOLD}" --trainer "${TRAINER}" --plans "${PLANS}"'])
+    else:
+        command = "\n".join([
+            "set -euo pipefail",
+            f"CELLS=({table})  # index -> (configuration, fold)",
+            'read -r CONFIGURATION FOLD <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
+            'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${CONFIGURATION} fold ${FOLD}"',
+            f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
+            '--fold "${FOLD}"'])
     gpus = exp.spec.nnunet.num_gpus if exp.spec.nnunet.device == "cuda" else 0
     return _indexed_job(exp, name, key, len(cells), parallelism(exp, len(cells)),
                         _pod(exp, name, command, gpus, wait_for), CONTAINER, wait_for is not None)
@@ -309,7 +319,7 @@ def manifests(exp: ExperimentContext, finished: set[Cell] | None = None) -> dict
     name = dns_name(f"nnunet-{exp.config_path.stem}")[:40].rstrip("-")
     todo = [c for c in exp.cells if c not in done]
     exp.require_earlier_stages(todo)
-    later = [c for c in todo if exp.waits_for.get(c.configuration) in exp.configurations]
+    later = waiting_cells(exp, todo)
     first = [c for c in todo if c not in later]
     out: dict[str, dict[str, Any]] = {
         "10-configmap.yaml": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(exp, f"{name}-experiment",

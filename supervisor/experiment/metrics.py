@@ -33,7 +33,8 @@ class ExperimentMetrics:
         self.textfile = None if m.textfile is None else Path(m.textfile)
         self._written: float | None = None
         self.registry = r = CollectorRegistry()
-        labels = ["experiment", "configuration", "fold"]
+        # a study's cells are labelled by trainer and plans too (the single-trainer experiment's labels as before)
+        labels = ["experiment", *(["trainer", "plans"] if exp.is_study else []), "configuration", "fold"]
 
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
             return Gauge(f"nnunet_supervise_{name}", doc, [*labels, *extra], registry=r)
@@ -61,7 +62,9 @@ class ExperimentMetrics:
         for cell in self.exp.cells:
             layout = self.exp.fold_layout(cell)
             state = StateStore(layout.state_file).read().data  # quietly: a damaged file says so in `status`
-            labels = {"experiment": self.name, "configuration": cell.configuration, "fold": str(cell.fold)}
+            labels = {"experiment": self.name, **({"trainer": str(cell.trainer), "plans": str(cell.plans)}
+                                                  if cell.trainer is not None else {}),
+                      "configuration": cell.configuration, "fold": str(cell.fold)}
             for key, gauge in (("epoch", self.epoch), ("num_epochs", self.num_epochs), ("attempt", self.attempt),
                                ("restarts", self.restarts)):
                 value = state.get(key)

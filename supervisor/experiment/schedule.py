@@ -288,7 +288,7 @@ class Scheduler:
         old = s.cells.get(ev.cell)
         if old is None or old.status is not CellStatus.RUNNING:
             return s, []
-        fields: dict[str, Any] = {"configuration": ev.cell.configuration, "fold": ev.cell.fold, "code": ev.code,
+        fields: dict[str, Any] = {**ev.cell.fields(), "code": ev.code,
                                   "device": old.device}
         if ev.reason:
             fields["reason"] = ev.reason
@@ -343,9 +343,10 @@ class Scheduler:
     def _prerequisites(self, s: State, cell: Cell) -> tuple[bool, str | None]:
         """(may start now, why never): a stage waits until every fold of the stage it needs finished."""
         earlier = self.waits_for.get(cell.configuration)
-        if earlier is None or earlier in s.ready_elsewhere:
+        if earlier is None or (earlier if cell.study is None else f"{cell.study}/{earlier}") in s.ready_elsewhere:
             return True, None
-        others = [st for c, st in s.cells.items() if c.configuration == earlier]
+        # the cascade per trainer x plans: the low-resolution folds of its own trainer and plans
+        others = [st for c, st in s.cells.items() if c.configuration == earlier and c.study == cell.study]
         if not others:
             return False, f"needs every fold of {earlier}, which is not in this experiment nor finished"
         if any(st.status in (CellStatus.FAILED, CellStatus.STOPPED) for st in others):
@@ -371,7 +372,7 @@ class Scheduler:
             may, never = self._prerequisites(s, cell)
             if never:
                 cells[cell] = replace(st, status=CellStatus.FAILED, reason=never)
-                actions.append(Record("fold_skipped", {"configuration": cell.configuration, "fold": cell.fold,
+                actions.append(Record("fold_skipped", {**cell.fields(),
                                                        "reason": never}))
             elif may:
                 ready.append(cell)
@@ -383,7 +384,7 @@ class Scheduler:
         for cell, device in place(ready, s.devices, used, s.needs):
             cells[cell] = replace(cells[cell], status=CellStatus.RUNNING, device=device, starts=cells[cell].starts + 1,
                                   reason=None)
-            actions += [Record("fold_started", {"configuration": cell.configuration, "fold": cell.fold,
+            actions += [Record("fold_started", {**cell.fields(),
                                                 "device": device}), Start(cell, device)]
         if not healthy:
             for cell, st in cells.items():
@@ -410,7 +411,7 @@ class Scheduler:
         names = "; ".join(f"{c.name}: {st.reason}" for c, st in sorted(unfinished.items()))
         # RUNNING -> DONE (incomplete)
         return replace(s, phase=Phase.DONE, exit_code=code), [
-            *actions, Record("incomplete", {"folds": [{"configuration": c.configuration, "fold": c.fold,
+            *actions, Record("incomplete", {"folds": [{**c.fields(),
                                                       "status": st.status.value, "reason": st.reason}
                                                      for c, st in sorted(unfinished.items())]}),
             Say(f"incomplete, no final step: {names}. The same command retries only these."), Exit(code)]

@@ -61,12 +61,25 @@ class ChainJob:
         """What the job does, in words (`--submit` prints it beside the job id)."""
         s = self.spec
         if s.cells:
-            return f"{len(s.cells)} cell(s): " + ", ".join(f"{c}/fold_{f}" for c, f in s.cells)
+            return f"{len(s.cells)} cell(s): " + ", ".join(
+                ("" if len(c) == 2 else f"{c[2]}__{c[3]}/") + f"{c[0]}/fold_{c[1]}" for c in s.cells)
         if self.key == "find_best":
             return "nnUNetv2_find_best_configuration"
         if self.key == "predict_parts":
             return f"the prediction in {s.tasks} part(s), each with every model find_best chose"
         return "the prediction's tail: every part checked, what a part left predicted, ensembled, postprocessed"
+
+
+def row(cell: Cell) -> tuple[str, ...]:
+    """A cell's row of the array's table: configuration and fold, and in a study its trainer and plans."""
+    own = (cell.configuration, str(cell.fold))
+    return own if cell.trainer is None else (*own, cell.trainer, str(cell.plans))
+
+
+def waiting_cells(exp: ExperimentContext, todo: list[Cell]) -> list[Cell]:
+    """The cells to train that wait for an earlier stage trained in the experiment (the cascade, per trainer x
+    plans)."""
+    return [c for c in todo if exp.study_of(c).waits_for.get(c.configuration) in exp.study_of(c).configurations]
 
 
 def prediction_parts(exp: ExperimentContext) -> int | None:
@@ -82,7 +95,7 @@ def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> li
     missing). A cascade whose earlier stage is already finished waits for nothing."""
     done = set(finished)
     todo = [c for c in exp.cells if c not in done]
-    later = {c for c in todo if exp.waits_for.get(c.configuration) in exp.configurations}
+    later = set(waiting_cells(exp, todo))
     first = [c for c in todo if c not in later]
     exp.require_earlier_stages(todo)
     env = {"nnUNet_preprocessed": str(exp.paths.preprocessed), "nnUNet_results": str(exp.paths.results)}
@@ -95,13 +108,14 @@ def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> li
     jobs: list[ChainJob] = []
     if first:
         jobs.append(ChainJob("cells", replace(base, job_name=f"{stem}-cells",
-                                              cells=tuple((c.configuration, str(c.fold)) for c in first))))
+                                              cells=tuple(row(c) for c in first))))
     if later:
-        earlier = {exp.waits_for[c.configuration] for c in later}
-        tasks = tuple(i for i, c in enumerate(first) if c.configuration in earlier)
+        # exactly the earlier stage's tasks of each waiting cell's own trainer and plans
+        earlier = {(c.study, exp.waits_for[c.configuration]) for c in later}
+        tasks = tuple(i for i, c in enumerate(first) if (c.study, c.configuration) in earlier)
         after = (After("cells", tasks),) if tasks else ()
         jobs.append(ChainJob("cascade", replace(base, job_name=f"{stem}-cascade",
-                                                cells=tuple((c.configuration, str(c.fold)) for c in sorted(later))),
+                                                cells=tuple(row(c) for c in todo if c in later)),
                              after))
     if exp.spec.experiment.find_best:
         jobs.append(ChainJob("find_best", replace(base, job_name=f"{stem}-find-best", command=("find-best",),

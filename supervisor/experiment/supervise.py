@@ -215,8 +215,12 @@ class ExperimentSupervisor:
                 finished.add(cell)
             elif RunLock(layout.lock_file).is_held_elsewhere():
                 running[cell] = _device_of(RunLock(layout.lock_file).holder(), self.exp.spec.nnunet.device)
-        ready_elsewhere = {stage for stage in set(self.exp.waits_for.values()) - set(self.exp.configurations)
-                           if all(self.exp.fold_layout(Cell(stage, f)).is_finished() for f in CASCADE_FOLDS)}
+        ready_elsewhere = set()
+        for study in self.exp.studies:  # an earlier stage not trained here but finished before (per trainer x plans)
+            one = Cell("", 0, study.trainer, study.plans) if self.exp.is_study else Cell("", 0)
+            for stage in set(study.waits_for.values()) - set(study.configurations):
+                if all(self.exp.fold_layout(one.sibling(stage, f)).is_finished() for f in CASCADE_FOLDS):
+                    ready_elsewhere.add(stage if one.study is None else f"{one.study}/{stage}")
         if running:
             log.info("found %d fold(s) run by live supervisors (from an earlier start): following them: %s",
                      len(running), ", ".join(c.name for c in sorted(running)))
@@ -249,7 +253,8 @@ class ExperimentSupervisor:
 
     def _start(self, cell: Cell, device: str) -> None:
         argv = [sys.executable, "-m", "supervisor", "run", str(self.exp.config_path), "--configuration",
-                cell.configuration, "--fold", str(cell.fold)]
+                cell.configuration, "--fold", str(cell.fold),
+                *([] if cell.trainer is None else ["--trainer", cell.trainer, "--plans", str(cell.plans)])]
         env = dict(os.environ)
         if self.exp.spec.nnunet.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = device
@@ -366,7 +371,7 @@ class ExperimentSupervisor:
             "config": str(self.exp.config_path),
             "stop_reason": s.stop_reason,
             "devices": [{"name": d.name, "capacity": d.capacity, "healthy": d.healthy} for d in s.devices],
-            "cells": [{"configuration": c.configuration, "fold": c.fold, "status": st.status.value,
+            "cells": [{**c.fields(), "status": st.status.value,
                        "device": st.device, "starts": st.starts, "reason": st.reason}
                       for c, st in sorted(s.cells.items())],
         })

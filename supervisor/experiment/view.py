@@ -24,18 +24,18 @@ def status(exp: ExperimentContext, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     live = RunLock(exp.layout.lock_file).is_held_elsewhere()
     state = StateStore(exp.layout.state_file).load()
-    cells_state = {(str(c.get("configuration")), str(c.get("fold"))): c for c in state.get("cells") or []
-                   if isinstance(c, dict)}
+    cells_state = {(c.get("trainer"), c.get("plans"), str(c.get("configuration")), str(c.get("fold"))): c
+                   for c in state.get("cells") or [] if isinstance(c, dict)}
     folds, etas, durations = [], [], []
     for cell in exp.cells:
         layout = exp.fold_layout(cell)
         fold_live = RunLock(layout.lock_file).is_held_elsewhere()
         info = gather(layout, fold_live, now)
-        ours = cells_state.get((cell.configuration, str(cell.fold)), {})
+        ours = cells_state.get((cell.trainer, cell.plans, cell.configuration, str(cell.fold)), {})
         fold_state = "finished" if info["finished"] else info["state"]
         if fold_state == "never run" and ours.get("status") in ("failed",):
             fold_state = "failed"
-        folds.append({"configuration": cell.configuration, "fold": cell.fold, "state": fold_state,
+        folds.append({**cell.fields(), "state": fold_state,
                       "epoch": info["epoch"], "num_epochs": info["num_epochs"], "device": ours.get("device"),
                       "restarts": info["restarts"], "last_checkpoint_age_s": info["last_checkpoint_age_s"],
                       "eta_s": info["eta_s"], "supervisor_alive": fold_live, "reason": ours.get("reason")})
@@ -65,7 +65,10 @@ def table(info: dict[str, Any]) -> str:
             f"{info['finished']}/{info['cells']} folds finished"
             + (f", about {duration(info['eta_s'])} to go" if info["eta_s"] is not None else "") + "\n")
     rows = [("configuration", "fold", "state", "epoch", "device", "restarts", "checkpoint", "ETA")]
+    groups: list[tuple[int, str]] = []  # a study: (row index, "trainer x plans") before each group's rows
     for f in info["folds"]:
+        if "trainer" in f and (not groups or groups[-1][1] != f"{f['trainer']} x {f['plans']}"):
+            groups.append((len(rows), f"{f['trainer']} x {f['plans']}"))
         shown = f["num_epochs"] if f["state"] == "finished" and f["num_epochs"] else f["epoch"]  # index -> count
         epoch = "-" if shown is None else f"{shown}" + (f"/{f['num_epochs']}" if f["num_epochs"] else "")
         age = "-" if f["last_checkpoint_age_s"] is None else f"{duration(f['last_checkpoint_age_s'])} ago"
@@ -74,7 +77,10 @@ def table(info: dict[str, Any]) -> str:
                                                                         f["state"] != "finished" else ""),
                      epoch, str(f["device"] or "-"), str(f["restarts"]), age, eta))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    body = "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for at, title in reversed(groups):  # grouped by trainer and plans
+        lines.insert(at, f"{title}:")
+    body = "\n".join(lines)
     tail = f"\nbest configuration: {info['inference_instructions']}" if info["inference_instructions"] else ""
     pred = info.get("predict")
     if pred:
@@ -100,10 +106,11 @@ def prediction_line(p: dict[str, Any]) -> str:
 def bars(exp: ExperimentContext) -> list[dict[str, Any]]:
     """One bar per fold supervisor start: cell, device, start, end, how it ended (from the experiment's events)."""
     out: list[dict[str, Any]] = []
-    open_: dict[tuple[str, str], dict[str, Any]] = {}
+    open_: dict[tuple[str, str], dict[str, Any]] = {}  # (study/configuration, fold)
     last = time.time()
     for e in read_events(exp.layout.events_file):
-        key = (str(e.get("configuration")), str(e.get("fold")))
+        study = f"{e['trainer']}__{e.get('plans')}/" if e.get("trainer") else ""
+        key = (study + str(e.get("configuration")), str(e.get("fold")))
         if e["event"] == "fold_started":
             open_[key] = {"cell": f"{key[0]}/fold_{key[1]}", "device": str(e.get("device")), "start": e["ts"],
                           "end": None, "code": None, "reason": None}

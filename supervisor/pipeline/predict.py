@@ -87,10 +87,13 @@ def plan(exp: ExperimentContext, output: Path) -> Plan:
                     relocate(chosen.postprocessing_file, exp.paths.results, exp.dataset_name),
                     relocate(chosen.plans_file, exp.paths.results, exp.dataset_name))
     nn = exp.spec.nnunet
-    foreign = [m.name for m in chosen.models if (m.trainer, m.plans) != (nn.trainer, nn.plans)]
+    studies = exp.spec.studies  # a choice among the experiment's trainers x plans
+    foreign = [m.name for m in chosen.models if (m.trainer, m.plans) not in studies]
     if foreign:
-        raise ConfigError([f"{INFORMATION} chose {', '.join(foreign)}, not of this experiment's trainer {nn.trainer} "
-                           f"and plans {nn.plans}: run the experiment's find_best again"], str(exp.config_path))
+        ours = (f"trainer {nn.trainer} and plans {nn.plans}" if len(studies) == 1 else
+                "trainers x plans " + ", ".join(f"{t}__{p}" for t, p in studies))
+        raise ConfigError([f"{INFORMATION} chose {', '.join(foreign)}, not of this experiment's {ours}: run the "
+                           "experiment's find_best again"], str(exp.config_path))
     root = PredictLayout(output).supervisor_dir
     steps: list[Step] = []
     made: set[str] = set()
@@ -143,7 +146,7 @@ class PredictionPipeline:
     # ---- the stages ----
 
     def _config(self, model: Model) -> Any:
-        return self.exp.spec.fold_config(model.configuration, self.plan.chosen.folds[0])
+        return self.exp.spec.fold_config(model.configuration, self.plan.chosen.folds[0], model.trainer, model.plans)
 
     def stage(self, step: Step, ops: ProcessOps) -> PredictionStage:
         """The engine's stage for one step (ConfigError: a model's checkpoint or dataset.json is missing)."""
