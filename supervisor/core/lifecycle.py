@@ -277,11 +277,12 @@ class Decider:
             return replace(s, recycle=None, stop_reason=ev.reason), [
                 record, Say(f"{ev.reason} received while stopping attempt {s.attempt}: it will not be relaunched")]
         if s.phase is Phase.RUNNING and ev.save_timeout_s is not None:
-            # RUNNING -> STOPPING (saving): the cooperative trainer saves at its epoch end and exits 75
+            # RUNNING -> STOPPING (saving): the cooperative trainer saves (after its step in flight, or at its epoch
+            # end) and exits 75
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, saving=True,
                            deadline=now + ev.save_timeout_s), [
-                record, Say(f"{ev.reason} received: asking the trainer (attempt {s.attempt}) to save at the end of "
-                            f"its epoch and exit (up to {ev.save_timeout_s:.0f} s)"), RequestSave()]
+                record, Say(f"{ev.reason} received: asking the trainer (attempt {s.attempt}) to save and exit (up to "
+                            f"{ev.save_timeout_s:.0f} s; its attempt log says where it saves)"), RequestSave()]
         if s.phase is Phase.RUNNING:
             # RUNNING -> STOPPING
             return replace(s, phase=Phase.STOPPING, stop_reason=ev.reason, deadline=now + self.stop_grace_s), [

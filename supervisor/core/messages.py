@@ -56,7 +56,8 @@ class DumpStacks:
 
 @dataclass(frozen=True)
 class RequestSave:
-    """Cooperative mode: ask the trainer (SIGUSR1) to save at the end of its epoch and exit 75."""
+    """Cooperative mode: ask the trainer (SIGUSR1) to save (after its step in flight, or at its epoch end) and exit
+    75."""
 
 
 @dataclass(frozen=True)

@@ -198,14 +198,28 @@ def as_numbers(output: Any) -> dict[str, float] | None:
     return out
 
 
-def cpu_copy(obj: Any) -> Any:
-    """A copy that later training steps cannot change: tensors detached and copied to the CPU, the rest deep-copied."""
+def cpu_copy(obj: Any, memo: dict[Any, Any] | None = None) -> Any:
+    """A copy that later training steps cannot change: tensors detached and copied to the CPU, the rest deep-copied.
+    Tensors that share a storage (nnU-Net's state dict lists the encoder's again under decoder.encoder) share the
+    copy's, so the file written is no larger than nnU-Net's own."""
+    memo = {} if memo is None else memo
     if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+        return {k: cpu_copy(v, memo) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
+        return type(obj)(cpu_copy(v, memo) for v in obj)
     if hasattr(obj, "detach") and hasattr(obj, "to"):
-        return obj.detach().to("cpu", copy=True)
+        tensor = obj.detach()
+        storage = getattr(tensor, "untyped_storage", None)
+        torch = sys.modules.get("torch")
+        if storage is None or torch is None:
+            return tensor.to("cpu", copy=True)  # not a torch tensor (a stand-in): a plain copy
+        source = storage()
+        key = (source.device.type, source.device.index, source.data_ptr(), source.nbytes())
+        copied = memo.get(key)
+        if copied is None:
+            copied = memo[key] = source.clone() if source.device.type == "cpu" else source.cpu()
+        return torch.empty((0,), dtype=tensor.dtype).set_(copied, tensor.storage_offset(), tensor.size(),
+                                                           tensor.stride())
     return copy.deepcopy(obj)
 
 

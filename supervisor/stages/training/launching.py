@@ -95,7 +95,7 @@ class Launcher:
             # An early word about a whole file that cannot be resumed (NaN weights, a network that does not fit);
             # the relaunch quarantines or stops on it, as for any checkpoint. A torn zip is left unsaid: plain
             # nnU-Net rewrites checkpoints in place, so one may still be being written.
-            if v.structure_ok and not v.ok:
+            if v.structure_ok and not v.ok and Path(v.path).exists():  # gone since: nnU-Net removes latest at the end
                 log.warning("checkpoint %s as just written is not usable for a resume: %s", v.path, v.reason())
         self.verified_ahead = [{"path": v.path, "epoch": v.epoch, "ok": v.ok} for v in verdicts]
 

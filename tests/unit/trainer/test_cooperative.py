@@ -489,3 +489,18 @@ def test_the_start_up_timing_changes_nothing_of_a_stop_in_the_first_step_and_its
     assert again.steps_run == 4 + 5 + 5 and again.weights == 15
     out = capsys.readouterr().out
     assert out.count(cooperative.STARTUP_PREFIX) == 2 and coop.startup is not None  # one per process (trainer)
+
+
+def test_tensors_sharing_a_storage_share_the_copys(tmp_path: Path) -> None:
+    import torch
+
+    w = torch.arange(12.0).reshape(3, 4)
+    state = {"encoder.w": w, "decoder.encoder.w": w.detach(), "row": w[1], "other": torch.ones(2)}
+    snap = cooperative.cpu_copy(state)
+    w.add_(100)  # a later step changes the weights: the copy keeps what it was
+    assert snap["encoder.w"][0, 0] == 0 and snap["row"].tolist() == [4.0, 5.0, 6.0, 7.0]
+    ptr = snap["encoder.w"].untyped_storage().data_ptr()
+    assert snap["decoder.encoder.w"].untyped_storage().data_ptr() == ptr == snap["row"].untyped_storage().data_ptr()
+    torch.save(snap, tmp_path / "copy.pth")
+    torch.save({k: v for k, v in state.items()}, tmp_path / "original.pth")
+    assert (tmp_path / "copy.pth").stat().st_size <= (tmp_path / "original.pth").stat().st_size + 512
