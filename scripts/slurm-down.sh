@@ -9,23 +9,8 @@ say() { echo "slurm-down: $*" >&2; }
 [ -d "$DIR" ] || { say "nothing to stop: no $DIR"; exit 0; }
 DIR=$(cd "$DIR" && pwd -P)
 CONF=$DIR/etc/slurm.conf
-ours() {  # as in slurm-up.sh: alive, the right program, started on this folder
-  local pid
-  pid=$(cat "$2" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/" || return 1
-  echo "$pid"
-}
-stop() {
-  local pid
-  pid=$(ours "$1" "$2") || { rm -f "$2"; return 0; }
-  say "stopping its $1 (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  if kill -0 "$pid" 2>/dev/null && ours "$1" "$2" >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 1; fi
-  rm -f "$2"
-}
+# shellcheck source=scripts/slurm-lib.sh
+source "$(dirname "$0")/slurm-lib.sh"  # ours, stop
 # its jobs first, while its slurmctld and slurmd can still end them (a batch job's slurmstepd outlives slurmd)
 if [ -f "$CONF" ] && ours slurmctld "$DIR/run/slurmctld.pid" >/dev/null; then
   export SLURM_CONF=$CONF

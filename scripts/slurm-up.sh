@@ -33,25 +33,8 @@ export SLURM_CONF=$CONF
 unset SLURM_CLUSTERS
 
 # --- pid files: the only processes this script (and slurm-down.sh) ever signals ---
-# ours NAME PIDFILE: the pid in PIDFILE is alive, is NAME, and was started on this folder (its command line names
-# it), so a pid reused by some other process after ours died is never taken for ours
-ours() {
-  local pid
-  pid=$(cat "$2" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/" || return 1
-  echo "$pid"
-}
-stop() {  # stop NAME PIDFILE: TERM, then KILL after 30 s, only the pid in PIDFILE and only if ours
-  local pid
-  pid=$(ours "$1" "$2") || { rm -f "$2"; return 0; }
-  say "stopping its $1 (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  if kill -0 "$pid" 2>/dev/null && ours "$1" "$2" >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 1; fi
-  rm -f "$2"
-}
+# shellcheck source=scripts/slurm-lib.sh
+source "$(dirname "$0")/slurm-lib.sh"  # ours, stop
 MUNGE_PID=$DIR/run/munged.pid
 CTLD_PID=$DIR/run/slurmctld.pid
 SLURMD_PID=$DIR/run/slurmd.pid
