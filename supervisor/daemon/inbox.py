@@ -8,20 +8,17 @@ them out, decides and acts. No flag is shared with a lock.
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import Union
 
 from supervisor.core.messages import Event, StopRequested
 from supervisor.daemon.jobs import JobDone
 from supervisor.daemon.process import Trainer
 from supervisor.gpu.monitor import GpuFault, GpuHealth
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+from supervisor.stopsignals import stop_signals
 
 
 @dataclass(frozen=True)
@@ -97,12 +94,5 @@ class Inbox:
     @contextmanager
     def signals(self) -> Iterator[None]:
         """While inside: SIGTERM, SIGINT, SIGUSR1 and SIGHUP become StopRequested items; the old handlers after."""
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self._queue.put(StopRequested(signal.Signals(signum).name))
-
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-        try:
+        with stop_signals(lambda name: self._queue.put(StopRequested(name))):
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)

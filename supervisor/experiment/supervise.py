@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Union
 
 import psutil
@@ -59,10 +58,10 @@ if TYPE_CHECKING:
 from supervisor.rundir.eventlog import EventLog, read_events
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
+from supervisor.stopsignals import stop_signals
 
 log = logging.getLogger("nnunet_supervise")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 CASCADE_FOLDS = (0, 1, 2, 3, 4)  # a cascade's training needs the previous stage's predictions of every case
 
 
@@ -141,23 +140,16 @@ class ExperimentSupervisor:
             log.info("experiment %s: %d cell(s); %s", self.exp.config_path, len(self.exp.cells), line)
             self._ensure_splits()
             begin = self._begin(tuple(devices), needs)
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-            try:
+            with stop_signals(lambda name: self.queue.put(StopRequested(name))):
                 self.notifier.ready(f"supervising experiment {self.exp.config_path}")
                 code = self._loop(begin)
                 self.notifier.stopping(f"experiment: exit {code}")
                 return code
-            finally:
-                for sig, old in previous.items():
-                    signal.signal(sig, old)
         finally:
             self._leave()
             if self.metrics is not None:
                 self.metrics.close()
             lock.release()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.queue.put(StopRequested(signal.Signals(signum).name))
 
     def _loop(self, first: Event) -> int:
         pending: list[Event] = [first]
@@ -289,6 +281,11 @@ class ExperimentSupervisor:
         argv = findbest.find_best_argv(self.exp, configurations)
         if argv is None:
             self.queue.put(FindBestDone(True, "every fold finished; no numbered folds, so no find_best"))
+            return
+        if findbest.find_best_done(self.exp, configurations):
+            self.queue.put(FindBestDone(True, f"find_best's choice is kept from before ({findbest.INFORMATION} in "
+                                              f"{self.layout.root}, newer than every fold, made over these models and "
+                                              "folds): not run again"))
             return
         env = helper_env(self.exp.run(self.exp.cells[0]))
         out = self.layout.root / "find_best.log"

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from supervisor.daemon.process import ProcessOps
@@ -45,10 +43,10 @@ from supervisor.stages.prediction.chosen import Chosen, Model, read_chosen
 from supervisor.stages.prediction.context import PredictContext, folders
 from supervisor.stages.prediction.parts import Part, parts_wanted
 from supervisor.stages.prediction.stage import PredictionStage
+from supervisor.stopsignals import stop_signals
 
 log = logging.getLogger("nnunet_supervise")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 INFORMATION = "inference_information.json"
 COPIED = ("output_corrupt", "case_failed")
 
@@ -181,30 +179,31 @@ class PredictionPipeline:
             lock.acquire()  # LockedError (exit 3): another live supervisor runs this prediction
         except OSError as exc:
             raise RunDirError(f"cannot use the prediction's folder {self.layout.supervisor_dir}: {exc}") from None
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            names = ", ".join(s.name for s in self.plan.steps)
-            log.info("prediction of %s into %s: %s", self.input, self.output, names)
-            self.events.record("pipeline_started", steps=[s.name for s in self.plan.steps],
-                               models=[m.name for m in self.plan.chosen.models])
-            code: int = ExitCode.CRASHED
-            try:
-                code = self._steps()
-            finally:  # pipeline.json never says "running" of a pipeline that is gone (a ConfigError, a lock)
-                self._persist(code)
-            # preempted between two steps (during one, the engine asks): SLURM runs the job again
-            requeued = slurm.requeue_if_preempted(self._stop, code, os.environ)
-            if requeued is not None:
-                self.events.record(requeued.event, **requeued.fields)
-            return code
+            with stop_signals(self._on_stop):
+                return self._run_steps()
         finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
             lock.release()
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _run_steps(self) -> int:
+        names = ", ".join(s.name for s in self.plan.steps)
+        log.info("prediction of %s into %s: %s", self.input, self.output, names)
+        self.events.record("pipeline_started", steps=[s.name for s in self.plan.steps],
+                           models=[m.name for m in self.plan.chosen.models])
+        code: int = ExitCode.CRASHED
+        try:
+            code = self._steps()
+        finally:  # pipeline.json never says "running" of a pipeline that is gone (a ConfigError, a lock)
+            self._persist(code)
+        # preempted between two steps (during one, the engine asks): SLURM runs the job again
+        requeued = slurm.requeue_if_preempted(self._stop, code, os.environ)
+        if requeued is not None:
+            self.events.record(requeued.event, **requeued.fields)
+        return code
+
+    def _on_stop(self, name: str) -> None:
         # between two steps (during one, the engine's own handlers stop it resumably)
-        self._stop = signal.Signals(signum).name
+        self._stop = name
 
     def _run_parts(self) -> int | None:
         """The parts, at once, each a supervisor of its own; None to go on with the whole's steps, else the code."""

@@ -5,10 +5,8 @@ keeps what the parts set aside and predicts what they left; or one part alone (-
 from __future__ import annotations
 
 import logging
-import signal
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from supervisor.daemon.process import ProcessOps
@@ -19,9 +17,9 @@ from supervisor.rundir.eventlog import EventLog
 from supervisor.stages.prediction.context import PredictContext
 from supervisor.stages.prediction.parts import Part
 from supervisor.stages.prediction.stage import PredictionStage
+from supervisor.stopsignals import stop_signals
 
 log = logging.getLogger("nnunet_supervise")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 def predict_run(config: Path, doc: Any, input_dir: str | None, output_dir: str | None, part: Part | None,
@@ -40,21 +38,13 @@ def predict_run(config: Path, doc: Any, input_dir: str | None, output_dir: str |
 def _parts(pctx: PredictContext, n: int, retry_failed: bool) -> int | None:
     """The parts at once, all on the run's device (a run has one); None: go on with the whole."""
     stop: list[str] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.append(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    try:
+    with stop_signals(stop.append):
         folder = pctx.layout.supervisor_dir
         folder.mkdir(parents=True, exist_ok=True)
         command = ["predict", str(pctx.config_path), "-i", str(pctx.input), "-o", str(pctx.output),
                    *(["--retry-failed"] if retry_failed else [])]
         codes = PartsRun(command, [None] * n, folder, pctx.layout.lock_file.name, EventLog(pctx.layout.events_file),
                          lambda: stop[0] if stop else None).run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
     code = verdict(codes)
     if code is None and stop:
         return int(ExitCode.STOPPED)
