@@ -11,7 +11,7 @@ with no notice at all. Then `python -m supervisor run run.yaml` again, to the en
 - step:     cooperative: {enabled: true}                         (save_on_stop: step, the default)
 - snapshot: cooperative: {enabled: true, snapshot_every_s: 2}    (a step-boundary snapshot every 2 s)
 
-The trainer is bench/trainers/nnUNetTrainer_PreemptSteps.py: 2 epochs of 12 steps of 0.8 s sleep plus the tiny
+The trainer is tests/trainers/nnUNetTrainer_SlowSteps.py set to 2 epochs of 12 steps of 0.8 s sleep plus the tiny
 network's compute (one thread), so an epoch is longer than a 6 s notice and what is left of it after the
 interruption, 4 steps into epoch 1 (the last), shorter than a 30 s one. Each step appends its epoch and time.time()
 to a steps file: steps redone = steps run in all minus the 2 x 12 an uninterrupted run needs; seconds lost = steps
@@ -54,9 +54,13 @@ from supervisor.demo.runyaml import QUIET_ENV, write_demo_config
 from supervisor.rundir.eventlog import read_events
 from supervisor.trainer.protocol import MARKER_VAR, STEP_KEY
 
-TRAINER = "nnUNetTrainer_PreemptSteps"
-TRAINERS = Path(__file__).resolve().parent / "trainers"
-EPOCHS, STEPS, STEP_S = 2, 12, 0.8  # as in the trainer
+TRAINER = "nnUNetTrainer_SlowSteps"
+TRAINERS = Path(__file__).resolve().parents[1] / "tests" / "trainers"
+EPOCHS, STEPS, STEP_S = 2, 12, 0.8
+# the trainer's shape (see its docstring): epochs longer than a 6 s notice, the rest of one after 4 steps shorter
+# than a 30 s one; one torch thread
+SHAPE = {"SLOW_STEPS_EPOCHS": str(EPOCHS), "SLOW_STEPS_PER_EPOCH": str(STEPS), "SLOW_STEPS_S": str(STEP_S),
+         "SLOW_STEPS_THREADS": "1"}
 NEEDED = EPOCHS * STEPS
 AT_EPOCH, AFTER_STEPS = 1, 4  # the interruption comes after this many completed steps of this epoch
 SNAPSHOT_S = 2.0
@@ -108,7 +112,7 @@ def configure(root: Path, raw: Path, pre: Path, name: str, coop: dict[str, Any])
     steps.unlink(missing_ok=True)
     config = write_demo_config(root / f"{name}.yaml", raw, pre, results,
                                nnunet={"trainer": TRAINER, "trainer_paths": [str(TRAINERS)],
-                                       "env": {**QUIET_ENV, "STEPS_FILE": str(steps)}},
+                                       "env": {**QUIET_ENV, **SHAPE, "STEPS_FILE": str(steps)}},
                                restart={"backoff_initial_s": 1, "backoff_max_s": 1}, cooperative=coop)
     return config, RunContext.load(config), steps
 

@@ -269,7 +269,7 @@ def test_a_stop_inside_an_epoch_costs_no_step_and_a_sigkill_with_snapshots_costs
     ctx = RunContext.load(config)
 
     def ran(epoch: int) -> int:
-        return steps.read_text().split().count(str(epoch)) if steps.exists() else 0
+        return [line.split()[0] for line in steps.read_text().splitlines()].count(str(epoch)) if steps.exists() else 0
 
     sup = supervise(config)
     try:
