@@ -438,7 +438,7 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
     experiment: a job chain (an array of the cells, the cascade's array after every lowres task, find_best last)."""
     import subprocess
 
-    from supervisor.core.rules import save_allowance_s
+    from supervisor.core.rules import stop_deadline_s
     from supervisor.deploy import slurm as sl
 
     def lead(sections: Any) -> int:
@@ -447,7 +447,7 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
             return lead_s
         if not c.enabled:
             return sl.LEAD_S
-        return int(sections.process.stop_grace_s + save_allowance_s(c.enabled, c.save_on_stop, c.stop_timeout_s) + 60)
+        return stop_deadline_s(sections.process.stop_grace_s, c.enabled, c.save_on_stop, c.stop_timeout_s)
 
     if _experiment(config, "slurm", **{"--folds": folds}):
         from supervisor.experiment import commands, slurmchain

@@ -70,6 +70,16 @@ def save_allowance_s(enabled: bool, save_on_stop: str, configured: Union[str, fl
     return STEP_SAVE_S if save_on_stop == "step" else EPOCH_SAVE_S
 
 
+STOP_MARGIN_S = 60.0  # beyond the save and the tree's stop: the supervisor's own exit (state, events, lock)
+
+
+def stop_deadline_s(stop_grace_s: float, enabled: bool, save_on_stop: str, configured: Union[str, float]) -> int:
+    """How long a platform must wait between its stop signal and its SIGKILL (systemd's TimeoutStopSec, a pod's
+    terminationGracePeriodSeconds, SLURM's --signal lead): the cooperative save, then the tree's SIGTERM grace, then
+    the supervisor's own exit."""
+    return int(stop_grace_s + save_allowance_s(enabled, save_on_stop, configured) + STOP_MARGIN_S)
+
+
 def save_timeout_s(configured: Union[str, float], epoch_times: Sequence[float]) -> float:
     """How long a cooperative trainer may take to reach its epoch end and save: the rest of an epoch, generously."""
     if configured != "auto":

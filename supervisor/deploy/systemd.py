@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.context import RunContext
-from supervisor.core.rules import save_allowance_s
+from supervisor.core.rules import stop_deadline_s
 from supervisor.errors import ExitCode
 from supervisor.oomscore import CHILD_VAR
 
@@ -146,12 +146,11 @@ def spec_for(ctx: RunContext, python: str, user: str | None, user_unit: bool) ->
     # nnU-Net writes the results and unpacks the preprocessed data in place (.npz -> .npy)
     writable = [ctx.paths.results, ctx.paths.preprocessed]
     coop = cfg.cooperative
-    save_s = save_allowance_s(coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
-    stop_s = cfg.process.stop_grace_s + save_s + 60
+    stop_s = stop_deadline_s(cfg.process.stop_grace_s, coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
     nn = cfg.nnunet
     return UnitSpec(
         name=ctx.config_path.stem, python=python, config=ctx.config_path, working_dir=ctx.config_path.parent,
-        environment=env, writable=writable, stop_timeout_s=int(stop_s), cuda=nn.device == "cuda", user=user,
+        environment=env, writable=writable, stop_timeout_s=stop_s, cuda=nn.device == "cuda", user=user,
         user_unit=user_unit,
         description=f"nnU-Net {nn.dataset} {nn.configuration} fold {nn.fold} ({nn.trainer}), nnunet-supervise "
                     f"{ctx.config_path}")

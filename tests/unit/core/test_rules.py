@@ -77,3 +77,11 @@ def test_the_platform_allowance_follows_where_a_stop_saves() -> None:
     assert save_allowance_s(True, "step", "auto") == STEP_SAVE_S < EPOCH_SAVE_S == save_allowance_s(True, "epoch",
                                                                                                      "auto")
     assert save_allowance_s(True, "step", 45.0) == 45.0  # the user's own stop_timeout_s
+
+
+def test_every_platform_deadline_is_the_save_then_the_trees_grace_then_our_exit() -> None:
+    from supervisor.core.rules import STEP_SAVE_S, STOP_MARGIN_S, stop_deadline_s
+
+    assert stop_deadline_s(30.0, True, "step", "auto") == int(30 + STEP_SAVE_S + STOP_MARGIN_S)
+    assert stop_deadline_s(30.0, False, "step", "auto") == int(30 + STOP_MARGIN_S)
+    assert stop_deadline_s(12.5, True, "epoch", 100.0) == 172  # a user's stop_timeout_s, truncated to whole seconds
