@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from supervisor.atomic import atomic_copy
 from supervisor.experiment.context import ExperimentContext
 
 OUTPUTS = ("inference_instructions.txt", "inference_information.json")
+INFORMATION = OUTPUTS[-1]  # inference_information.json: what find_best chose, kept in the experiment's folder
 
 
 def find_best_argv(exp: ExperimentContext, configurations: list[str]) -> list[str] | None:
@@ -37,3 +40,49 @@ def keep_outputs(exp: ExperimentContext) -> list[Path]:
             atomic_copy(src, dst)
             kept.append(dst)
     return kept
+
+
+def mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def trained_ts(exp: ExperimentContext) -> float:
+    """When the newest fold finished (its validation summary written): what find_best and the parts come after."""
+    return max((mtime(exp.fold_layout(c).fold_dir / "validation" / "summary.json") or 0.0 for c in exp.cells),
+               default=0.0)
+
+
+def _made_for(info: Any, exp: ExperimentContext, configurations: list[str]) -> bool:
+    """The kept choice was made over exactly these models and folds, as find_best_argv would ask for them now
+    (nnU-Net records them: considered_models, folds, ensembling_allowed)."""
+    if not isinstance(info, dict):
+        return False
+    models = info.get("considered_models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        return False
+    considered = {(m.get("trainer"), m.get("plans"), m.get("configuration")) for m in models}
+    wanted = {(t, p, c) for t in exp.spec.trainers for p in exp.spec.plans_names for c in configurations}
+    folds = [int(f) for f in exp.spec.experiment.folds if f != "all"]
+    recorded = info.get("folds")
+    same_folds = isinstance(recorded, list) and sorted(str(f) for f in recorded) == sorted(str(f) for f in folds)
+    argv = find_best_argv(exp, configurations) or []
+    return considered == wanted and same_folds \
+        and info.get("ensembling_allowed") is ("--disable_ensembling" not in argv)
+
+
+def find_best_done(exp: ExperimentContext, configurations: list[str] | None = None) -> bool:
+    """find_best's choice is kept in the experiment's folder, newer than every fold, and made over this
+    experiment's trainers, plans, configurations and folds: running it again would choose the same (and take
+    minutes on a real dataset). An unreadable kept file is not done: find_best runs again and rewrites it."""
+    path = exp.layout.root / INFORMATION
+    kept = mtime(path)
+    if kept is None or kept < trained_ts(exp):
+        return False
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return _made_for(info, exp, exp.configurations if configurations is None else configurations)

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from supervisor.core.rules import save_allowance_s
+from supervisor.core.rules import stop_deadline_s
 from supervisor.errors import ConfigError, ExitCode
 from supervisor.experiment.context import Cell, ExperimentContext
-from supervisor.experiment.findbest import OUTPUTS
+from supervisor.experiment.findbest import INFORMATION, find_best_done, mtime, trained_ts
 from supervisor.experiment.slurmchain import row, waiting_cells
 from supervisor.layout import PipelineLayout
 from supervisor.rundir.lock import RunLock
@@ -37,7 +37,6 @@ CONTAINER = "fold"
 PREDICT_CONTAINER = "predict"
 WAIT_CONTAINER = "wait"
 LABEL = "nnunet-supervise/experiment"
-INFORMATION = OUTPUTS[-1]  # inference_information.json: what find_best chose, kept in the experiment's folder
 # an init container's way to wait for what `wait` does not know (find_best's output, the prediction's parts)
 WAIT_PREDICTION = ("import sys; from supervisor.experiment.kubernetes import wait_prediction; "
                    "sys.exit(wait_prediction(sys.argv[1:]))")
@@ -76,8 +75,7 @@ def parallelism(exp: ExperimentContext, cells: int) -> int:
 def grace_s(exp: ExperimentContext) -> int:
     """Room for SIGTERM to become a cooperative save (at the next step, or the epoch end), then the tree's stop."""
     coop = exp.spec.cooperative
-    save = save_allowance_s(coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
-    return int(exp.spec.process.stop_grace_s + save + 60)
+    return stop_deadline_s(exp.spec.process.stop_grace_s, coop.enabled, coop.save_on_stop, coop.stop_timeout_s)
 
 
 def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: list[str] | None,
@@ -242,25 +240,6 @@ def _prediction_jobs(exp: ExperimentContext, name: str, n: int) -> dict[str, dic
 
 # ---- inside a pod: the init containers' waits for the prediction ----
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
-def trained_ts(exp: ExperimentContext) -> float:
-    """When the newest fold finished (its validation summary written): what find_best and the parts come after."""
-    return max((_mtime(exp.fold_layout(c).fold_dir / "validation" / "summary.json") or 0.0 for c in exp.cells),
-               default=0.0)
-
-
-def find_best_done(exp: ExperimentContext) -> bool:
-    """find_best's choice is kept in the experiment's folder, newer than every fold."""
-    kept = _mtime(exp.layout.root / INFORMATION)
-    return kept is not None and kept >= trained_ts(exp)
-
-
 def parts_left(exp: ExperimentContext, count: int) -> list[str]:
     """The parts of the prediction that have not ended for good (see _prediction_jobs), as K/N."""
     whole = exp.predict_layout()
@@ -269,7 +248,7 @@ def parts_left(exp: ExperimentContext, count: int) -> list[str]:
     left = []
     for part in (Part(k, count) for k in range(count)):
         layout = PipelineLayout(output, whole.supervisor_dir / part.name)
-        written = _mtime(layout.state_file)
+        written = mtime(layout.state_file)
         code = StateStore(layout.state_file).read().data.get("exit_code")
         if written is None or written < since or not isinstance(code, int) or code == ExitCode.STOPPED \
                 or RunLock(layout.lock_file).is_held_elsewhere():

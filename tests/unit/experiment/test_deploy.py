@@ -21,6 +21,7 @@ from supervisor.layout import PipelineLayout
 from supervisor.rundir.lock import RunLock
 from supervisor.rundir.statefile import StateStore
 from tests.unit.experiment.conftest import experiment
+from tests.unit.experiment.test_findbest import information
 
 
 def full(tmp_path: Path, **sections: Any) -> ExperimentContext:
@@ -405,7 +406,7 @@ def trained(tmp_path: Path, parts: int = 2) -> ExperimentContext:
 
 def chose(exp: ExperimentContext, ts: float) -> None:
     exp.layout.root.mkdir(parents=True, exist_ok=True)
-    (exp.layout.root / "inference_information.json").write_text("{}")
+    (exp.layout.root / "inference_information.json").write_text(json.dumps(information(exp)))
     os.utime(exp.layout.root / "inference_information.json", (ts, ts))
 
 
@@ -416,15 +417,6 @@ def part_ended(exp: ExperimentContext, k: int, n: int, code: int | None, ts: flo
     StateStore(layout.state_file).save({"state": "running" if code is None else "x", "exit_code": code})
     os.utime(layout.state_file, (ts, ts))
     return layout
-
-
-def test_find_best_is_done_when_its_choice_is_newer_than_every_fold(tmp_path: Path) -> None:
-    exp = trained(tmp_path)
-    assert not k8s.find_best_done(exp)
-    chose(exp, 500)  # an earlier find_best's, before these folds finished
-    assert not k8s.find_best_done(exp)
-    chose(exp, 1500)
-    assert k8s.find_best_done(exp)
 
 
 def test_a_part_has_ended_once_it_exited_other_than_stopped_and_no_supervisor_holds_it(tmp_path: Path) -> None:
