@@ -83,6 +83,7 @@ class Words:
                          "nothing to do")
     # how far an attempt got: "epoch 12" (training), "12 cases" (preprocessing)
     progress: Callable[[int], str] = field(default=lambda n: f"epoch {n}")
+    reached: str = " reached"  # after progress where an attempt ended: "epoch 4 reached", but "3 case(s) predicted"
     # how a relaunch resumes, by whether the failure came after the stage's last step (training: its final validation)
     relaunch: Callable[[bool], str] = field(default=lambda late: RELAUNCH[late])
     no_progress: str = "no epoch progress"
@@ -359,7 +360,7 @@ class Decider:
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch,
                                             **({"remedies": kept} if kept else {})}),
-                *worked, Say(f"{head}; {self.words.progress(s.best_epoch)} reached. Done."), Exit(ExitCode.FINISHED)]
+                *worked, Say(f"{head}; {self.words.progress(s.best_epoch)}{self.words.reached}. Done."), Exit(ExitCode.FINISHED)]
         if not c.retryable and not self._remediable(s, cause):
             before: list[Action] = [record]
             if c.kind == "incompatible_checkpoint":
@@ -389,7 +390,7 @@ class Decider:
             Record("backoff", {"delay_s": round(delay, 3), "next_attempt": s.attempt + 1, "restart": restart,
                                "progress": progressed}),
             Say(f"{head} ({'retryable' if c.retryable else 'remediable'}); "
-                f"{self.words.progress(ev.epochs_completed)} reached; "
+                f"{self.words.progress(ev.epochs_completed)}{self.words.reached}; "
                 f"relaunching with {self.words.relaunch(ev.phase == 'validation')} in {delay:.1f} s "
                 f"(restart {restart}/{self.policy.max_restarts})"),
         ]

@@ -54,7 +54,7 @@ def words(kind: Kind) -> Words:
                  done_already=f"every input case has a verified {what} output; nothing to do",
                  progress=lambda n: f"{n} case(s) {what}",
                  relaunch=lambda late: f"the cases not yet {what} (verified outputs kept, torn ones made again)",
-                 no_progress=f"no new case {what}",
+                 reached="", no_progress=f"no new case {what}",
                  finished=f"every input case {what} and its output verified",
                  incomplete=f"exited 0 but not every input case has a verified {what} output")
 

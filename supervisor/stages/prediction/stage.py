@@ -66,7 +66,7 @@ VERIFY_TIMEOUT_S = 3600.0
 WORDS = Words(process="predictor", done_already="every input case has a verified output; nothing to do",
               progress=lambda n: f"{n} case(s) predicted",
               relaunch=lambda late: "--continue_prediction (verified outputs kept, torn ones predicted again)",
-              no_progress="no new case predicted",
+              reached="", no_progress="no new case predicted",
               finished="every input case predicted and its output verified",
               incomplete="exited 0 but not every input case has a verified output")
 

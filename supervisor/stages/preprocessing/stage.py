@@ -56,7 +56,7 @@ EVIDENCE_SAMPLE_S = 2.0
 WORDS = Words(process="preprocessing", done_already="the preprocessed data is complete and verified; nothing to do",
               progress=lambda n: f"{n} case(s) preprocessed",
               relaunch=lambda late: "the cases not yet written (those written are kept)",
-              no_progress="no new case preprocessed",
+              reached="", no_progress="no new case preprocessed",
               finished="every case of every configuration preprocessed and verified",
               incomplete="exited 0 but the preprocessed data is not complete and verified (the log says what is "
                          "missing)")

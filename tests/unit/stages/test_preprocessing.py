@@ -390,7 +390,7 @@ def test_a_finished_preprocessing_says_so_in_its_words() -> None:
     d = decider()
     s, actions = d.step(running(d), ChildExited(0, "", True, 12, phase="preprocessing"), 1.0)
     assert s.phase is Phase.FINISHED
-    assert f"attempt 1 exited: {WORDS.finished}; 12 case(s) preprocessed reached. Done." in says(actions)
+    assert f"attempt 1 exited: {WORDS.finished}; 12 case(s) preprocessed. Done." in says(actions)
     assert "checkpoint" not in " ".join(says(actions))
 
 
@@ -400,7 +400,7 @@ def test_a_retryable_failure_relaunches_with_the_cases_not_yet_written() -> None
     s, actions = d.step(running(d), ev, 1.0)
     assert s.phase is Phase.BACKOFF and s.remedies.value(PREPROCESS_VAR) == "2"
     line = says(actions)[-1]
-    assert "3 case(s) preprocessed reached" in line
+    assert "3 case(s) preprocessed; relaunching" in line
     assert "relaunching with the cases not yet written (those written are kept)" in line
     remedy = [a.fields for a in actions if isinstance(a, Record) and a.event == "remedy"]
     assert remedy[0]["variable"] == PREPROCESS_VAR and "preprocessing process(es)" in remedy[0]["message"]
