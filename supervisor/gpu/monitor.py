@@ -304,7 +304,9 @@ def wait_memory_released(nvml: Nvml, gpus: list[str], pids: set[int], timeout_s:
     NVML reports host pids: in a container with its own pid namespace they do not match and this returns at once.
     """
     devices, _ = resolve_gpus(nvml, gpus)
-    deadline = clock() + timeout_s
+    start = clock()
+    deadline = start + timeout_s
+    waited = False
     while True:
         held: set[int] = set()
         for dev in devices:
@@ -314,5 +316,11 @@ def wait_memory_released(nvml: Nvml, gpus: list[str], pids: set[int], timeout_s:
                 log.debug("GPU %s: compute processes not read: %s", dev.label, exc)
         now = clock()
         if not held or now >= deadline:
+            if waited and not held:  # said when the wait began: a relaunch held back is never silent
+                log.info("the previous attempt's GPU memory is free after %.1f s", now - start)
             return sorted(held)
+        if not waited:
+            log.info("waiting up to %.0f s for pids %s to free their GPU memory before the relaunch", timeout_s,
+                     sorted(held))
+            waited = True
         sleep(min(poll_s, deadline - now))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 
@@ -175,11 +176,15 @@ def test_create_monitor_names_the_gpus() -> None:
     assert monitor is None and line.startswith("GPU monitor: off (no GPU found: GPU 5")
 
 
-def test_memory_released_after_two_polls() -> None:
+def test_memory_released_after_two_polls(caplog: pytest.LogCaptureFixture) -> None:
     nvml, clock = FakeNvml(), FakeClock()
     nvml.procs["handle0"] = [[(100, 1 << 30), (555, 1 << 20)], [(100, 1 << 30)], [(555, 1 << 20)]]
-    assert wait_memory_released(nvml, ["0", "1"], {100, 101}, 30.0, clock, clock.sleep) == []
+    with caplog.at_level(logging.INFO, logger="supervisor.gpu.monitor"):
+        assert wait_memory_released(nvml, ["0", "1"], {100, 101}, 30.0, clock, clock.sleep) == []
     assert clock.sleeps == [0.5, 0.5]  # pid 555 belongs to someone else and is not waited for
+    # the relaunch held back is said when the wait begins and when it ends, not only on giving up
+    assert "waiting up to 30 s for pids [100] to free their GPU memory" in caplog.text
+    assert "GPU memory is free after 1.0 s" in caplog.text
 
 
 def test_memory_still_held_at_the_deadline() -> None:
