@@ -1,8 +1,10 @@
-"""A real CPU experiment on the tiny dataset: two configurations x two folds, two at a time; one trainer SIGKILLed,
-the experiment supervisor SIGKILLed and started again once. It ends with every checkpoint_final.pth and
-find_best_configuration's output, and no fold trained twice; then its predict section: what find_best chose predicted
-(the experiment supervisor SIGKILLed during it), ensembled when it chose two, postprocessed, every final output
-verified; a final output torn afterwards is quarantined and made again by `predict EXPERIMENT`."""
+"""A real CPU study on the tiny dataset: two trainers (nnUNetTrainer_Short, SGD, and a short nnU-Net
+nnUNetTrainerVanillaAdam3en4) x 2d x two folds, two at a time; one trainer SIGKILLed, the experiment supervisor
+SIGKILLed and started again once. It ends with every checkpoint_final.pth and find_best_configuration's output over
+both trainers, and no fold trained twice; then its predict section: what find_best chose predicted (the experiment
+supervisor SIGKILLed during it; the next one keeps find_best's choice instead of running it again), ensembled when it
+chose two models, postprocessed, every final output verified; a final output torn afterwards is quarantined and made
+again by `predict EXPERIMENT`."""
 
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ from tests.conftest import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 TRAINERS = REPO / "tests" / "trainers"
+STUDY = ["nnUNetTrainer_Short", "nnUNetTrainer_Adam3en4Short"]
+SGD, ADAM = (Cell("2d", 0, t, "nnUNetPlans") for t in STUDY)  # fold 0 of each trainer
 
 
 def experiment_file(tmp_path: Path, raw: Path, pre: Path) -> Path:
     doc: dict[str, Any] = {
-        "experiment": {"configurations": ["3d_fullres", "2d"], "folds": [0, 1], "devices": {"slots": 2}},
-        "nnunet": {"dataset": 901, "trainer": "nnUNetTrainer_Short", "device": "cpu",
+        "experiment": {"configurations": ["2d"], "folds": [0, 1], "devices": {"slots": 2}, "trainers": STUDY},
+        "nnunet": {"dataset": 901, "device": "cpu",
                    "trainer_paths": [str(TRAINERS)], "env": {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}},
         "paths": {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(tmp_path / "res")},
         "restart": {"backoff_initial_s": 1, "backoff_max_s": 5},
@@ -56,25 +60,25 @@ def fold_events(exp: ExperimentContext, cell: Cell) -> list[dict[str, Any]]:
     return list(read_events(exp.fold_layout(cell).events_file))
 
 
-def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_supervisor(
+def test_a_two_trainer_study_survives_a_killed_trainer_and_a_killed_experiment_supervisor(
         tmp_path: Path, tiny_dataset: tuple[Path, Path]) -> None:
     raw, pre = tiny_dataset
     path = experiment_file(tmp_path, raw, pre)
     exp = ExperimentContext.load(path)
-    assert exp.configurations == ["2d", "3d_fullres"]
+    assert [c.name for c in exp.cells] == [f"{t}__nnUNetPlans/2d/fold_{f}" for t in STUDY for f in (0, 1)]
     log = tmp_path / "experiment.log"
     sup = start(path, log)
     try:
         # the experiment supervisor is SIGKILLed while the first two folds train; they train on
-        first = exp.fold_layout(Cell("2d", 0))
-        wait_for(lambda: (StateStore(first.state_file).load().get("epoch") or 0) >= 1, 300, "2d fold 0 at epoch 1")
+        first = exp.fold_layout(SGD)
+        wait_for(lambda: (StateStore(first.state_file).load().get("epoch") or 0) >= 1, 300, "SGD's fold 0 at epoch 1")
         sup.send_signal(signal.SIGKILL)
         sup.wait(30)
         sup = start(path, log)  # it finds them by their locks and follows them
-        # a trainer of the next configuration is SIGKILLed; its fold supervisor resumes it
-        victim = exp.fold_layout(Cell("3d_fullres", 1))
+        # a trainer of the second study is SIGKILLed; its fold supervisor resumes it (Adam's optimizer state)
+        victim = exp.fold_layout(ADAM.sibling("2d", 1))
         pid = wait_for(lambda: (StateStore(victim.state_file).load().get("epoch") or 0) >= 1
-                       and StateStore(victim.state_file).load().get("pid"), 400, "3d_fullres fold 1 at epoch 1")
+                       and StateStore(victim.state_file).load().get("pid"), 400, "Adam's fold 1 at epoch 1")
         os.kill(pid, signal.SIGKILL)
         # the experiment supervisor is SIGKILLed again while it predicts; the prediction goes on, the next one
         # follows it and then checks that everything is there
@@ -99,7 +103,7 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
         # never two trainers of one fold: each launch after the previous attempt's exit
         for later, earlier_exit in zip(launches[1:], exits, strict=False):
             assert later["ts"] >= earlier_exit["ts"]
-        expected = 2 if cell == Cell("3d_fullres", 1) else 1
+        expected = 2 if cell == ADAM.sibling("2d", 1) else 1
         assert len(launches) == expected, (cell, launches)
     assert (exp.layout.root / "inference_instructions.txt").is_file()
     assert "nnUNetv2_predict" in (exp.layout.root / "inference_instructions.txt").read_text()
@@ -107,6 +111,10 @@ def test_a_whole_experiment_survives_a_killed_trainer_and_a_killed_experiment_su
     # each cell started once: the first supervisor started the 2d folds, the second followed them and started the rest
     assert ours.count("fold_started") == 4 and "find_best" in ours and ours[-1] == "finished"
     assert "predicted" in ours
+    # find_best ran once over both trainers; the supervisor started during the prediction kept its choice
+    assert ours.count("find_best") == 2 and "not run again" in text, ours
+    considered = json.loads((exp.layout.root / "inference_information.json").read_text())["considered_models"]
+    assert sorted(m["trainer"] for m in considered) == sorted(STUDY)
     state = StateStore(exp.layout.state_file).load()
     assert state["state"] == "done" and state["exit_code"] == 0
     status = subprocess.run([sys.executable, "-m", "supervisor", "status", str(path), "--json"], capture_output=True,
