@@ -568,12 +568,15 @@ def kubernetes(config: Path, output: Path | None) -> None:
 @main.command()
 @CONFIG_ARG
 @click.option("--configuration", "configurations", multiple=True, help="Wait for these configurations' folds only.")
+@click.option("--trainer", "trainers", multiple=True, help="A study: these trainers' folds only.")
+@click.option("--plans", "plans", multiple=True, help="A study: these plans' folds only.")
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
-def wait(config: Path, configurations: tuple[str, ...], poll_s: float) -> None:
+def wait(config: Path, configurations: tuple[str, ...], trainers: tuple[str, ...], plans: tuple[str, ...],
+         poll_s: float) -> None:
     """Block until an experiment's folds finished (0), or one gave up (1): orders Kubernetes Jobs."""
     from supervisor.experiment import commands
 
-    sys.exit(_experiment_command(commands.wait, config, configurations, poll_s))
+    sys.exit(_experiment_command(commands.wait, config, configurations, poll_s, trainers, plans))
 
 
 @main.command("find-best")

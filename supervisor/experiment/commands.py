@@ -203,20 +203,33 @@ def find_best(path: Path) -> int:
     return 0
 
 
-def wait(path: Path, configurations: tuple[str, ...], poll_s: float) -> int:
-    """`wait EXPERIMENT [--configuration C]...`: block until those cells (all, without C) finished; 0 then, 1 as soon
-    as one of them failed with no supervisor left to retry it. A Kubernetes init container's way to order Jobs."""
+def wait(path: Path, configurations: tuple[str, ...], poll_s: float, trainers: tuple[str, ...] = (),
+         plans: tuple[str, ...] = ()) -> int:
+    """`wait EXPERIMENT [--configuration C]... [--trainer T]... [--plans P]...`: block until those cells (each filter
+    left out: all) finished; 0 then, 1 as soon as one of them failed with no supervisor left to retry it. A
+    Kubernetes init container's way to order Jobs (a study's cascade waits for its own trainer's lowres folds)."""
     import time
 
     from supervisor.rundir.lock import RunLock
     from supervisor.rundir.statefile import StateStore
 
     exp = ExperimentContext.load(path)
-    unknown = [c for c in configurations if c not in exp.configurations]
-    if unknown:
-        raise ConfigError([f"--configuration: {', '.join(unknown)} not in this experiment "
-                           f"({', '.join(exp.configurations)})"], str(exp.config_path))
-    cells = [c for c in exp.cells if not configurations or c.configuration in configurations]
+    problems = []
+    for option, given, known in (("--configuration", configurations, exp.configurations),
+                                 ("--trainer", trainers, exp.spec.trainers), ("--plans", plans, exp.spec.plans_names)):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            problems.append(f"{option}: {', '.join(unknown)} not in this experiment ({', '.join(known)})")
+    if problems:
+        raise ConfigError(problems, str(exp.config_path))
+
+    def wanted(cell: Cell) -> bool:
+        trainer = cell.trainer or exp.spec.nnunet.trainer
+        plan = cell.plans or exp.spec.nnunet.plans
+        return (not configurations or cell.configuration in configurations) \
+            and (not trainers or trainer in trainers) and (not plans or plan in plans)
+
+    cells = [c for c in exp.cells if wanted(c)]
     said = -1
     while True:
         left = [c for c in cells if not exp.fold_layout(c).is_finished()]

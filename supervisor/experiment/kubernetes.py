@@ -79,7 +79,8 @@ def grace_s(exp: ExperimentContext) -> int:
 
 
 def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: list[str] | None,
-         then: tuple[tuple[str, list[str]], ...] = (), container_name: str = CONTAINER) -> dict[str, Any]:
+         then: tuple[tuple[str, list[str]], ...] = (), container_name: str = CONTAINER,
+         wait_command: list[str] | None = None) -> dict[str, Any]:
     """A pod template; wait_for: an init container `wait` for those configurations' folds (all of them: []), then
     one init container per (name, command) of `then`, in order."""
     k8s = exp.spec.kubernetes
@@ -115,8 +116,9 @@ def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: l
         # start only once what this Job needs has finished. The scheduler counts the pod's GPU from the moment it is
         # placed, so a waiting cascade pod holds a GPU: apply 30-cascade-job.yaml later where GPUs are few (README);
         # the same for the prediction's pods, which wait for find_best
-        init.append((WAIT_CONTAINER, ["python", "-m", "supervisor", "wait", f"{CONFIG_DIR}/experiment.yaml",
-                                      *[a for c in wait_for for a in ("--configuration", c)]]))
+        init.append((WAIT_CONTAINER, wait_command or [
+            "python", "-m", "supervisor", "wait", f"{CONFIG_DIR}/experiment.yaml",
+            *[a for c in wait_for for a in ("--configuration", c)]]))
     init += then
     if init:
         spec["initContainers"] = [{"name": n, "image": k8s.image, "env": env, "volumeMounts": mounts, "command": c}
@@ -143,9 +145,22 @@ def _cells_job(exp: ExperimentContext, name: str, key: str, cells: list[Cell],
             'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${CONFIGURATION} fold ${FOLD}"',
             f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
             '--fold "${FOLD}"'])
+    wait_command = None
+    if exp.is_study and wait_for:
+        # each index waits for the stage before it of its own trainer and plans: a lowres fold of one trainer that
+        # gave up fails that trainer's cascade only (the Kubernetes docs' own Indexed Job example reads
+        # JOB_COMPLETION_INDEX in an init container)
+        wait_command = ["bash", "-c", "\n".join([
+            "set -euo pipefail",
+            f"CELLS=({table})  # index -> (configuration, fold, trainer, plans)",
+            'read -r CONFIGURATION FOLD TRAINER PLANS <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
+            f"exec python -m supervisor wait {CONFIG_DIR}/experiment.yaml "
+            + " ".join(f"--configuration {shlex.quote(c)}" for c in wait_for)
+            + ' --trainer "${TRAINER}" --plans "${PLANS}"'])]
     gpus = exp.spec.nnunet.num_gpus if exp.spec.nnunet.device == "cuda" else 0
     return _indexed_job(exp, name, key, len(cells), parallelism(exp, len(cells)),
-                        _pod(exp, name, command, gpus, wait_for), CONTAINER, wait_for is not None)
+                        _pod(exp, name, command, gpus, wait_for, wait_command=wait_command), CONTAINER,
+                        wait_for is not None)
 
 
 HOPELESS = (ExitCode.GAVE_UP, ExitCode.USAGE, ExitCode.LOCKED)

@@ -228,3 +228,33 @@ def test_the_prediction_takes_a_choice_among_the_experiments_trainers_and_plans(
     with pytest.raises(ConfigError, match="MyTrainer__nnUNetPlans__2d, not of this experiment's trainers x plans "
                                           "nnUNetTrainer__nnUNetPlans, nnUNetTrainer_Short__nnUNetPlans"):
         plan(exp, tmp_path / "out")
+
+
+def test_a_kubernetes_cascade_index_waits_for_the_lowres_folds_of_its_own_trainer(tmp_path: Path) -> None:
+    exp = study(tmp_path, x={"configurations": ["3d_lowres", "3d_cascade_fullres"]}, kubernetes={"image": "img:1"})
+    docs = k8s.manifests(exp, set())
+    init = docs["30-cascade-job.yaml"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["name"] == "wait" and init["command"][:2] == ["bash", "-c"]
+    script = init["command"][2]
+    assert "'3d_cascade_fullres 1 nnUNetTrainer_Short nnUNetPlans'" in script
+    assert '--configuration 3d_lowres --trainer "${TRAINER}" --plans "${PLANS}"' in script
+    # what the index's bash reads is what `wait` is given: the line of index 2 is the second trainer's fold 0
+    table = [c for c in exp.cells if c.configuration == "3d_cascade_fullres"]
+    assert table[2] == Cell("3d_cascade_fullres", 0, "nnUNetTrainer_Short", "nnUNetPlans")
+
+
+def test_wait_filters_by_trainer_and_plans_and_names_what_is_unknown(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from supervisor.experiment import commands
+
+    exp = study(tmp_path)
+    for cell in exp.cells:
+        if cell.trainer == "nnUNetTrainer_Short":  # only the second trainer's folds finished
+            fold = exp.fold_layout(cell).fold_dir
+            (fold / "validation").mkdir(parents=True)
+            (fold / "checkpoint_final.pth").write_bytes(b"x")
+            (fold / "validation" / "summary.json").write_text("{}")
+    assert commands.wait(exp.config_path, (), 0.1, ("nnUNetTrainer_Short",), ("nnUNetPlans",)) == 0
+    assert "every one of 4 fold(s) finished" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"--trainer: nnUNetTrainerX not in this experiment \(nnUNetTrainer, "):
+        commands.wait(exp.config_path, (), 0.1, ("nnUNetTrainerX",))
