@@ -34,10 +34,10 @@ def test_the_users_own_command_is_supervised_and_a_killed_trainer_resumed(tiny_d
            "nnUNet_extTrainer": str(TRAINERS), **QUIET_ENV}
     log = tmp_path / "train.log"
     with open(log, "ab") as out:
-        sup = subprocess.Popen([sys.executable, "-m", "supervisor", "train", "901", "3d_fullres", "0", "-tr",
+        sup = subprocess.Popen([sys.executable, "-m", "supervisor", "train", "901", "2d", "0", "-tr",
                                 SHORT, "-device", "cpu", "--npz", "--c", "--max-restarts", "3"],
                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    fold = results / "Dataset901_Tiny" / f"{SHORT}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = results / "Dataset901_Tiny" / f"{SHORT}__nnUNetPlans__2d" / "fold_0"
     state_file = fold / "supervisor" / "state.json"
     try:
         pid = wait_for(lambda: (StateStore(state_file).load().get("epoch") or 0) >= 2
