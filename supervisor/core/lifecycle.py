@@ -360,7 +360,8 @@ class Decider:
             return replace(s, phase=Phase.FINISHED, exit_code=ExitCode.FINISHED), [
                 record, Record("finished", {"attempt": s.attempt, "epochs": s.best_epoch,
                                             **({"remedies": kept} if kept else {})}),
-                *worked, Say(f"{head}; {self.words.progress(s.best_epoch)}{self.words.reached}. Done."), Exit(ExitCode.FINISHED)]
+                *worked, Say(f"{head}; {self.words.progress(s.best_epoch)}{self.words.reached}. Done."),
+                Exit(ExitCode.FINISHED)]
         if not c.retryable and not self._remediable(s, cause):
             before: list[Action] = [record]
             if c.kind == "incompatible_checkpoint":
