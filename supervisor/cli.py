@@ -249,6 +249,41 @@ def train(click_ctx: click.Context, args: tuple[str, ...]) -> None:
     click_ctx.invoke(run, config=target, verbose=req.verbose, fold=None, configuration=None, trainer=None, plans=None)
 
 
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help"]}
+
+
+@main.group(name="init")
+def init_group() -> None:
+    """Write a commented run.yaml or experiment file; nothing runs (then `check` it and `run` it)."""
+
+
+@init_group.command(name="run", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def init_run_command(args: tuple[str, ...]) -> None:
+    """`init run DATASET CONFIGURATION FOLD [nnUNetv2_train's options] [-o FILE] [--force]`: the run.yaml `train`
+    writes for those arguments (default ./run.yaml), every other key commented out at its default.
+
+    Exit codes: 0 written, 2 a usage or config problem (an existing file without --force).
+    """
+    from supervisor.scaffold import init_run
+
+    sys.exit(init_run(list(args), Path.cwd(), os.environ, lambda line: click.echo(line, err=True)))
+
+
+@init_group.command(name="experiment", context_settings=_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def init_experiment_command(args: tuple[str, ...]) -> None:
+    """`init experiment DATASET [-c CONFIGURATION ...] [-f FOLD ...] [-tr TRAINER ...] [-p PLANS ...]
+    [-device cuda|cpu|mps] [-o FILE] [--force]`: an experiment file (default ./experiment.yaml) from the dataset's
+    plans (configurations) and splits_final.json (folds); not preprocessed yet: experiment.preprocess: true.
+
+    Exit codes: 0 written, 2 a usage or config problem (an existing file without --force).
+    """
+    from supervisor.scaffold import init_experiment
+
+    sys.exit(init_experiment(list(args), Path.cwd(), os.environ, lambda line: click.echo(line, err=True)))
+
+
 def _logging(verbose: bool) -> int:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
