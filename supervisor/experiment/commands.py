@@ -115,6 +115,7 @@ def stop(path: Path, wait_s: float | None) -> None:
 def report(path: Path, output: Path | None, as_json: bool) -> None:
     from supervisor.experiment.view import gantt
     from supervisor.experiment.view import report as numbers_of
+    from supervisor.experiment.view import report_lines as cv_lines
     from supervisor.observe.predictreport import prediction_report, report_lines
 
     exp = ExperimentContext.load(path)
@@ -133,6 +134,8 @@ def report(path: Path, output: Path | None, as_json: bool) -> None:
                f"{numbers['failures']} failure(s)")
     for cell, n in numbers["folds"].items():
         click.echo(f"  {cell}: {n['epochs_kept']} epochs kept, {n['epochs_redone']} redone, {n['restarts']} restarts")
+    for line in cv_lines(numbers):
+        click.echo(line)
     if output is not None:
         click.echo(f"gantt: {output}")
     for line in report_lines(pred) if pred is not None else []:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supervisor.experiment import cvsummary
 from supervisor.experiment.context import ExperimentContext
 from supervisor.observe.prediction import pipeline_status
 from supervisor.observe.progress import duration
@@ -30,7 +31,7 @@ def status(exp: ExperimentContext, now: float | None = None) -> dict[str, Any]:
     for cell in exp.cells:
         layout = exp.fold_layout(cell)
         fold_live = RunLock(layout.lock_file).is_held_elsewhere()
-        info = gather(layout, fold_live, now)
+        info = gather(layout, fold_live, now, validation=False)  # cvsummary reads the validations
         ours = cells_state.get((cell.trainer, cell.plans, cell.configuration, str(cell.fold)), {})
         fold_state = "finished" if info["finished"] else info["state"]
         if fold_state == "never run" and ours.get("status") in ("failed",):
@@ -55,6 +56,7 @@ def status(exp: ExperimentContext, now: float | None = None) -> dict[str, Any]:
             "eta_s": None if eta is None else round(eta, 1), "folds": folds,
             "inference_instructions": str(exp.layout.root / "inference_instructions.txt")
             if (exp.layout.root / "inference_instructions.txt").is_file() else None,
+            "cross_validation": cvsummary.summary(exp),
             **({"predict": pipeline_status(exp.predict_layout().output)} if exp.predicts else {})}
 
 
@@ -81,7 +83,8 @@ def table(info: dict[str, Any]) -> str:
     for at, title in reversed(groups):  # grouped by trainer and plans
         lines.insert(at, f"{title}:")
     body = "\n".join(lines)
-    tail = f"\nbest configuration: {info['inference_instructions']}" if info["inference_instructions"] else ""
+    tail = "".join("\n" + line for line in cvsummary.lines(info.get("cross_validation")))
+    tail += f"\nbest configuration: {info['inference_instructions']}" if info["inference_instructions"] else ""
     pred = info.get("predict")
     if pred:
         tail += "\n" + prediction_line(pred)
@@ -145,7 +148,14 @@ def report(exp: ExperimentContext) -> dict[str, Any]:
         most = max(most, width)
     return {"makespan_s": round(makespan, 1), "devices": devices, "fold_starts": len(drawn),
             "failures": sum(1 for b in drawn if b["code"] not in (0, None)), "parallel": most,
-            "goodput": round(kept / (makespan * most), 4), "folds": folds, "bars": drawn}
+            "goodput": round(kept / (makespan * most), 4), "folds": folds, "bars": drawn,
+            "cross_validation": cvsummary.summary(exp)}
+
+
+def report_lines(numbers: dict[str, Any]) -> list[str]:
+    """What `report EXPERIMENT` prints after its fold lines: the cross-validation block (empty before a fold
+    finished)."""
+    return cvsummary.lines(numbers.get("cross_validation"))
 
 
 def gantt(exp: ExperimentContext, out: Path) -> dict[str, Any]:

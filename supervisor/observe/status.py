@@ -3,18 +3,77 @@ run directory only (works while it runs, after it ended, and without the lock)."
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from supervisor.checkpoints.meta import CheckpointError, read_meta
 from supervisor.core.classify import NOT_FAILURES
+from supervisor.fileread import read_bytes
 from supervisor.layout import RunLayout
 from supervisor.observe.progress import checkpoint_age_s, eta_s, num_epochs
 from supervisor.rundir.eventlog import read_events
 from supervisor.rundir.statefile import StateStore
 
+SUMMARY_LIMIT = 256 << 20  # summary.json holds every validation case's metrics: megabytes, not gigabytes
 
-def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """nnU-Net's evaluation of a set of validation cases (validation/summary.json of a fold, or find_best's
+    crossval_results_folds_*/summary.json): `foreground_mean` Dice, and per label or region its `mean` Dice.
+    `state`: "done" (read), "missing" (not written: the validation has not finished), "unreadable" (`problem` says
+    why: torn, not JSON, keys missing or of the wrong type)."""
+
+    state: str
+    dice: float | None = None
+    labels: dict[str, float] = field(default_factory=dict)  # nnU-Net's label key ("1", "(1, 2)") -> mean Dice
+    cases: int | None = None
+    problem: str | None = None
+    mtime: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "dice": self.dice, "labels": self.labels, "cases": self.cases,
+                **({"problem": self.problem} if self.problem else {})}
+
+
+def _number(value: Any) -> float | None:
+    """A finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_validation(path: Path) -> ValidationSummary:
+    """One summary.json as nnU-Net's evaluate_predictions writes it; never raises."""
+    try:
+        mtime = path.stat().st_mtime
+        doc = json.loads(read_bytes(path, SUMMARY_LIMIT, "summary.json"))
+    except FileNotFoundError:
+        return ValidationSummary("missing")
+    except (OSError, ValueError) as exc:  # a directory, a FIFO, torn or not JSON (UnicodeDecodeError is one)
+        return ValidationSummary("unreadable", problem=f"{path}: {exc}")
+    fg = doc.get("foreground_mean") if isinstance(doc, dict) else None
+    dice = _number(fg.get("Dice")) if isinstance(fg, dict) else None
+    if dice is None:
+        got = fg.get("Dice") if isinstance(fg, dict) else fg
+        return ValidationSummary("unreadable", problem=f"{path}: foreground_mean.Dice holds {got!r}, not a number",
+                                 mtime=mtime)
+    means = doc.get("mean")
+    labels = {}
+    for key, metrics in (means.items() if isinstance(means, dict) else ()):
+        value = _number(metrics.get("Dice")) if isinstance(metrics, dict) else None
+        if value is not None:
+            labels[str(key)] = value
+    cases = doc.get("metric_per_case")
+    return ValidationSummary("done", dice, labels, len(cases) if isinstance(cases, list) else None, mtime=mtime)
+
+
+def gather(layout: RunLayout, live: bool, now: float | None = None, validation: bool = True) -> dict[str, Any]:
+    """The run's state; `validation`: also its final validation's Dice once nnU-Net evaluated it (summary.json)."""
     now = time.time() if now is None else now
     state = StateStore(layout.state_file).load()
     events = list(read_events(layout.events_file))
@@ -57,7 +116,24 @@ def gather(layout: RunLayout, live: bool, now: float | None = None) -> dict[str,
         "checkpoints": [p.name for p in layout.existing_checkpoints()],
         "run_dir": str(layout.supervisor_dir),
         "last_event": events[-1] if events else None,
+        **({"validation": _validation(layout)} if validation else {}),
     }
+
+
+def _validation(layout: RunLayout) -> dict[str, Any] | None:
+    v = read_validation(layout.fold_dir / "validation" / "summary.json")
+    return None if v.state == "missing" else {**v.to_json(), "path": str(layout.fold_dir / "validation")}
+
+
+def validation_line(v: dict[str, Any] | None) -> str | None:
+    """The fold's final validation in one line (None before it is written)."""
+    if not v:
+        return None
+    if v.get("state") != "done":
+        return f"validation summary.json unreadable: {v.get('problem')}"
+    labels = ", ".join(f"{k} {d:.4f}" for k, d in (v.get("labels") or {}).items())
+    cases = f" over {v['cases']} cases" if v.get("cases") is not None else ""
+    return f"validation mean foreground Dice {v['dice']:.4f}{cases}" + (f" (per label: {labels})" if labels else "")
 
 
 def text(info: dict[str, Any], where: object) -> str:
@@ -84,6 +160,9 @@ def text(info: dict[str, Any], where: object) -> str:
     if info["last_exit"]:
         le = info["last_exit"]
         lines.append(f"last exit  attempt {le.get('attempt')}: {le.get('classification')} - {le.get('summary')}")
+    val = validation_line(info.get("validation"))
+    if val:
+        lines.append(val)
     if info["last_event"]:
         ev = info["last_event"]
         lines.append(f"last event {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev['ts']))} {ev['event']}")
