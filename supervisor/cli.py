@@ -624,6 +624,20 @@ def find_best(config: Path) -> None:
 
 
 @main.command()
+@CONFIG_ARG
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The zip to write (an ensemble across trainers or plans: one zip per trainer x plans, named "
+                   "OUTPUT with .<trainer>__<plans> before its suffix).")
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+def export(config: Path, output: Path, force: bool) -> None:
+    """An experiment's find_best choice as nnU-Net's model zip (nnUNetv2_export_model_to_zip), verified before it
+    takes OUTPUT's name: 0 written, 1 nothing to export / refused / failed, 2 bad config."""
+    from supervisor.experiment.export import export_command
+
+    sys.exit(export_command(config, output, click.echo, force=force))
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.option("--against", "against", type=click.Path(path_type=Path, dir_okay=False),
