@@ -237,4 +237,25 @@ def export_command(config: Path, output: Path, say: Callable[[str], None] = prin
     say("install elsewhere with: nnUNetv2_install_pretrained_model_from_zip " + " ".join(str(e.output)
                                                                                      for e, _ in written[:1])
         + (" (and each of the others)" if len(written) > 1 else ""))
+    for trainer, source in custom_trainers(exp, sorted({e.trainer for e, _ in written})).items():
+        say(f"{trainer} is a custom trainer ({source}, from nnunet.trainer_paths): the zip does not hold its code; "
+            "where the model is installed, nnUNetv2_predict needs it too (in a folder named by $nnUNet_extTrainer, "
+            "or in nnunetv2/training/nnUNetTrainer/)")
     return 0
+
+
+def custom_trainers(exp: ExperimentContext, trainers: list[str]) -> dict[str, Path]:
+    """The file under nnunet.trainer_paths that defines each of trainers, where one does (nnU-Net finds a trainer
+    by its class name in any module below those folders; a trainer of nnunetv2's own is found nowhere here)."""
+    found: dict[str, Path] = {}
+    for folder in exp.spec.nnunet.trainer_paths:
+        root = (exp.config_path.parent / folder).resolve()
+        for source in sorted(root.rglob("*.py")) if root.is_dir() else []:
+            try:
+                text = source.read_text(errors="replace")
+            except OSError:
+                continue
+            for name in trainers:
+                if name not in found and f"class {name}(" in text:
+                    found[name] = source
+    return found

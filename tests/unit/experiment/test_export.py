@@ -179,3 +179,14 @@ def test_a_stale_choice_is_refused(tmp_path: Path, checkpoint_bytes: bytes) -> N
     os.utime(summary, (summary.stat().st_mtime + 60,) * 2)  # fold 1 validated again after find_best
     code, said = run(exp, tmp_path / "model.zip")
     assert code == 1 and "older than a fold's validation" in said
+
+
+def test_a_custom_trainers_file_is_named_since_the_zip_holds_no_code(tmp_path: Path) -> None:
+    from supervisor.experiment.export import custom_trainers
+
+    mine = tmp_path / "mine" / "sub"
+    mine.mkdir(parents=True)
+    (mine / "trainers.py").write_text("class nnUNetTrainer_Mine(nnUNetTrainer):\n    pass\n")
+    (mine / "notes.py").write_text("# nnUNetTrainer_Mine is described here, not defined\n")
+    exp = ExperimentContext.load(experiment(tmp_path, nnunet={"trainer_paths": [str(tmp_path / "mine")]}))
+    assert custom_trainers(exp, ["nnUNetTrainer_Mine", "nnUNetTrainer"]) == {"nnUNetTrainer_Mine": mine / "trainers.py"}
