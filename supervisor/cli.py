@@ -470,7 +470,8 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
           cpus: int | None, mem: str | None, folds: str | None, lead_s: int | None, max_parallel: int | None,
           parsable: bool) -> None:
     """Print (or --submit) an sbatch script: requeue on the preemption signal, resume from the checkpoint. An
-    experiment: a job chain (an array of the cells, the cascade's array after every lowres task, find_best last)."""
+    experiment: a job chain (an array of the cells, a cascade array per trainer x plans after its own lowres tasks,
+    find_best last)."""
     import subprocess
 
     from supervisor.core.rules import stop_deadline_s

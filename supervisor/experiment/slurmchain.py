@@ -1,6 +1,7 @@
 """An experiment as a SLURM job chain: one array over the cells that can start at once, the cascade's cells as a
-second array that waits (afterok) for every 3d_lowres task, and a job for find_best_configuration that
-waits for all of them. With a predict section, two more: the prediction in parts, an array of one task per part
+second array that waits (afterok) for the 3d_lowres tasks (in a study, one such array per trainer x plans, each
+after its own trainer and plans' lowres tasks only), and a job for find_best_configuration that waits for all of
+them. With a predict section, two more: the prediction in parts, an array of one task per part
 (`predict EXPERIMENT --part K/N`, afterok on find_best), and the prediction's tail (`predict EXPERIMENT`: every
 part's outputs checked, what a part left predicted, then ensembled and postprocessed), afterany on the whole parts
 array. Each array task is today's wrapper (requeue on preemption, `exec` of the supervisor); SLURM's own machinery
@@ -11,6 +12,7 @@ The chain is data (`chain`), rendered by pure functions (`render`, `submitter`) 
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterable
@@ -48,7 +50,9 @@ class After(NamedTuple):
 class ChainJob:
     """One sbatch script of the chain and what it waits for."""
 
-    key: str  # "cells", "cascade", "find_best", "predict_parts", "predict"
+    # "cells", "cascade" (in a study "cascade:<trainer>__<plans>", one per trainer x plans), "find_best",
+    # "predict_parts", "predict"
+    key: str
     spec: slurm.JobSpec
     after: tuple[After, ...] = ()
 
@@ -109,14 +113,17 @@ def chain(exp: ExperimentContext, finished: Iterable[Cell], opts: Options) -> li
     if first:
         jobs.append(ChainJob("cells", replace(base, job_name=f"{stem}-cells",
                                               cells=tuple(row(c) for c in first))))
-    if later:
-        # exactly the earlier stage's tasks of each waiting cell's own trainer and plans
-        earlier = {(c.study, exp.waits_for[c.configuration]) for c in later}
-        tasks = tuple(i for i, c in enumerate(first) if (c.study, c.configuration) in earlier)
+    # the cascade: one array per trainer x plans (one for the single-trainer experiment, whose cells name neither),
+    # each afterok on exactly the earlier stage's tasks of its own trainer and plans, so that a lowres fold of one
+    # trainer that gave up (DependencyNeverSatisfied) holds that trainer's cascade only
+    for study in dict.fromkeys(c.study for c in todo if c in later):
+        mine = [c for c in todo if c in later and c.study == study]
+        earlier = {exp.study_of(c).waits_for[c.configuration] for c in mine}
+        tasks = tuple(i for i, c in enumerate(first) if c.study == study and c.configuration in earlier)
         after = (After("cells", tasks),) if tasks else ()
-        jobs.append(ChainJob("cascade", replace(base, job_name=f"{stem}-cascade",
-                                                cells=tuple(row(c) for c in todo if c in later)),
-                             after))
+        key, name = ("cascade", f"{stem}-cascade") if study is None else \
+            (f"cascade:{study}", f"{stem}-cascade-{study}")
+        jobs.append(ChainJob(key, replace(base, job_name=name, cells=tuple(row(c) for c in mine)), after))
     if exp.spec.experiment.find_best:
         jobs.append(ChainJob("find_best", replace(base, job_name=f"{stem}-find-best", command=("find-best",),
                                                   gres=None, max_parallel=None, time=opts.time or "02:00:00"),
@@ -152,15 +159,28 @@ def dependency(job: ChainJob, ids: dict[str, str]) -> str | None:
     return ",".join(f"{kind}:" + ":".join(found) for kind, found in kinds.items()) or None
 
 
+def shell_variable(key: str, taken: set[str]) -> str:
+    """A job's key as a bash variable name, not one of those taken: upper case, anything but letters, digits and
+    underscores an underscore (`cascade:nnUNetTrainer__nnUNetPlans` -> `CASCADE_NNUNETTRAINER__NNUNETPLANS`)."""
+    var = re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
+    if not var or var[0].isdigit():
+        var = f"JOB_{var}"
+    found, n = var, 1
+    while found in taken:
+        n += 1
+        found = f"{var}_{n}"
+    return found
+
+
 def submitter(jobs: list[ChainJob]) -> str:
     """One bash script that submits the whole chain with its dependencies (what `--submit` does), the sbatch
     scripts inside it as here-documents; prints the job ids, one a line."""
     lines = ["#!/bin/bash", "# Rendered by `nnunet-supervise slurm EXPERIMENT`: submits the experiment as a SLURM job "
              "chain.", "set -euo pipefail"]
-    ids: dict[str, str] = {}
+    ids: dict[str, str] = {}  # key -> its shell variable
     for job in jobs:
-        var = job.key.upper()
-        dep = dependency(job, {k: f"${{{k.upper()}}}" for k in ids})
+        var = shell_variable(job.key, set(ids.values()))
+        dep = dependency(job, {k: f"${{{v}}}" for k, v in ids.items()})
         flag = f" --dependency={dep}" if dep else ""
         lines += [f"{var}=$(sbatch --parsable{flag} <<'NNUNET_SUPERVISE_SBATCH'", slurm.render(job.spec).rstrip("\n"),
                   "NNUNET_SUPERVISE_SBATCH", ")", f'echo "${{{var}}}"']

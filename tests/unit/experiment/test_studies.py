@@ -5,6 +5,7 @@ the SLURM and Kubernetes tables name each cell's trainer and plans; status group
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +117,69 @@ def test_the_slurm_cells_table_names_each_cells_trainer_and_plans(tmp_path: Path
 def test_the_cascade_waits_for_the_lowres_tasks_of_its_own_trainer_and_plans(tmp_path: Path) -> None:
     exp = study(tmp_path, x={"configurations": ["3d_lowres", "3d_cascade_fullres"]})
     jobs = slurmchain.chain(exp, [], OPTS)
-    cells, cascade = jobs[0], jobs[1]
-    assert [c[0] for c in cells.spec.cells] == ["3d_lowres"] * 4 and len(cascade.spec.cells) == 4
-    assert cascade.after == (slurmchain.After("cells", (0, 1, 2, 3)),)
+    assert [j.key for j in jobs] == ["cells", "cascade:nnUNetTrainer__nnUNetPlans",
+                                     "cascade:nnUNetTrainer_Short__nnUNetPlans", "find_best"]
+    cells, plain, short, best = jobs
+    assert [c[0] for c in cells.spec.cells] == ["3d_lowres"] * 4
+    assert plain.spec.cells == (("3d_cascade_fullres", "0", "nnUNetTrainer", "nnUNetPlans"),
+                                ("3d_cascade_fullres", "1", "nnUNetTrainer", "nnUNetPlans"))
+    assert {c[2] for c in short.spec.cells} == {"nnUNetTrainer_Short"} and len(short.spec.cells) == 2
+    assert plain.after == (slurmchain.After("cells", (0, 1)),)
+    assert short.after == (slurmchain.After("cells", (2, 3)),)
+    assert best.after == tuple(slurmchain.After(j.key) for j in jobs[:3])
     short_lowres = [c for c in exp.cells if c.trainer == "nnUNetTrainer_Short" and c.configuration == "3d_lowres"]
-    # the second trainer's lowres finished before: its cascade waits for nothing of its own
+    # the second trainer's lowres finished before: its cascade waits for nothing, the first's for its own tasks
     jobs = slurmchain.chain(exp, short_lowres, OPTS)
-    assert jobs[1].after == (slurmchain.After("cells", (0, 1)),)
+    assert [j.key for j in jobs][1:3] == ["cascade:nnUNetTrainer__nnUNetPlans",
+                                          "cascade:nnUNetTrainer_Short__nnUNetPlans"]
+    assert jobs[1].after == (slurmchain.After("cells", (0, 1)),) and jobs[2].after == ()
+
+
+def test_two_trainers_give_two_cascade_arrays_each_after_its_own_lowres_tasks(tmp_path: Path) -> None:
+    exp = study(tmp_path, x={"configurations": ["2d", "3d_lowres", "3d_cascade_fullres"]})
+    jobs = slurmchain.chain(exp, [], OPTS)
+    cells, plain, short, best = jobs
+    # cells: A 2d (0, 1), A lowres (2, 3), B 2d (4, 5), B lowres (6, 7)
+    assert cells.spec.cells[2][:3] == ("3d_lowres", "0", "nnUNetTrainer")
+    assert cells.spec.cells[6][:3] == ("3d_lowres", "0", "nnUNetTrainer_Short")
+    assert slurmchain.dependency(plain, {"cells": "100"}) == "afterok:100_2:100_3"
+    assert slurmchain.dependency(short, {"cells": "100"}) == "afterok:100_6:100_7"
+    ids = {"cells": "100", plain.key: "101", short.key: "102"}
+    assert slurmchain.dependency(best, ids) == "afterok:100:101:102"
+    stem = "nnunet-Dataset977_Thing-exp"
+    assert [j.spec.job_name for j in jobs] == [f"{stem}-cells", f"{stem}-cascade-nnUNetTrainer__nnUNetPlans",
+                                               f"{stem}-cascade-nnUNetTrainer_Short__nnUNetPlans",
+                                               f"{stem}-find-best"]
+    assert short.what == ("2 cell(s): nnUNetTrainer_Short__nnUNetPlans/3d_cascade_fullres/fold_0, "
+                          "nnUNetTrainer_Short__nnUNetPlans/3d_cascade_fullres/fold_1")
+    assert "#SBATCH --array=0-1" in slurm.render(short.spec)
+
+    text = slurmchain.submitter(jobs)
+    assert "CASCADE_NNUNETTRAINER__NNUNETPLANS=$(sbatch --parsable --dependency=afterok:${CELLS}_2:${CELLS}_3 <<" \
+        in text
+    assert ("CASCADE_NNUNETTRAINER_SHORT__NNUNETPLANS=$(sbatch --parsable --dependency=afterok:${CELLS}_6:"
+            "${CELLS}_7 <<") in text
+    assert ("FIND_BEST=$(sbatch --parsable --dependency=afterok:${CELLS}:${CASCADE_NNUNETTRAINER__NNUNETPLANS}:"
+            "${CASCADE_NNUNETTRAINER_SHORT__NNUNETPLANS} <<") in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0  # valid bash
+
+    calls: list[list[str]] = []
+
+    def sbatch(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, f"{200 + len(calls)}\n", "")
+
+    assert slurmchain.submit(jobs, tmp_path / "slurm", sbatch) == ["201", "202", "203", "204"]
+    assert [c[2] for c in calls[1:]] == ["--dependency=afterok:201_2:201_3", "--dependency=afterok:201_6:201_7",
+                                         "--dependency=afterok:201:202:203"]
+    assert Path(calls[2][-1]).name == f"{stem}-cascade-nnUNetTrainer_Short__nnUNetPlans.sbatch"
+
+
+def test_a_job_key_becomes_a_valid_and_unique_shell_variable() -> None:
+    assert slurmchain.shell_variable("find_best", set()) == "FIND_BEST"
+    assert slurmchain.shell_variable("cascade:T.x__P", set()) == "CASCADE_T_X__P"
+    assert slurmchain.shell_variable("cascade:T_x__P", {"CASCADE_T_X__P"}) == "CASCADE_T_X__P_2"
+    assert slurmchain.shell_variable("9", set()) == "JOB_9"
 
 
 def test_the_schedule_orders_the_cascade_per_trainer_and_plans(tmp_path: Path) -> None:
