@@ -10,6 +10,7 @@ from typing import Any
 
 from supervisor.atomic import atomic_copy
 from supervisor.experiment.context import ExperimentContext
+from supervisor.fileread import read_bytes
 
 OUTPUTS = ("inference_instructions.txt", "inference_information.json")
 INFORMATION = OUTPUTS[-1]  # inference_information.json: what find_best chose, kept in the experiment's folder
@@ -25,9 +26,21 @@ def find_best_argv(exp: ExperimentContext, configurations: list[str]) -> list[st
                                               or "nnUNetv2_find_best_configuration"),
             exp.dataset_name, "-c", *configurations, "-tr", *exp.spec.trainers, "-p", *exp.spec.plans_names,
             "-f", *folds]
-    if len(configurations) > 1 and not exp.spec.experiment.npz:
+    if not ensembling_allowed(exp, configurations):
         argv.append("--disable_ensembling")  # ensembling needs the validations' .npz files (--npz)
     return argv
+
+
+def models(exp: ExperimentContext, configurations: list[str]) -> set[tuple[str, str, str]]:
+    """(trainer, plans, configuration) that find_best considers: of every trainer x plans, the configurations its
+    plans have (nnU-Net's filter_available_models drops the others, e.g. a 3d_lowres one plans file lacks)."""
+    return {(st.trainer, st.plans, c) for st in exp.studies for c in configurations if c in st.configurations}
+
+
+def ensembling_allowed(exp: ExperimentContext, configurations: list[str]) -> bool:
+    """find_best ensembles pairs of models (two configurations, or one configuration of two trainers or plans) from
+    the validations' .npz files, which only --npz writes."""
+    return exp.spec.experiment.npz or len(models(exp, configurations)) < 2
 
 
 def keep_outputs(exp: ExperimentContext) -> list[Path]:
@@ -60,17 +73,15 @@ def _made_for(info: Any, exp: ExperimentContext, configurations: list[str]) -> b
     (nnU-Net records them: considered_models, folds, ensembling_allowed)."""
     if not isinstance(info, dict):
         return False
-    models = info.get("considered_models")
-    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+    recorded_models = info.get("considered_models")
+    if not isinstance(recorded_models, list) or not all(isinstance(m, dict) for m in recorded_models):
         return False
-    considered = {(m.get("trainer"), m.get("plans"), m.get("configuration")) for m in models}
-    wanted = {(t, p, c) for t in exp.spec.trainers for p in exp.spec.plans_names for c in configurations}
+    considered = {(m.get("trainer"), m.get("plans"), m.get("configuration")) for m in recorded_models}
     folds = [int(f) for f in exp.spec.experiment.folds if f != "all"]
     recorded = info.get("folds")
     same_folds = isinstance(recorded, list) and sorted(str(f) for f in recorded) == sorted(str(f) for f in folds)
-    argv = find_best_argv(exp, configurations) or []
-    return considered == wanted and same_folds \
-        and info.get("ensembling_allowed") is ("--disable_ensembling" not in argv)
+    return considered == models(exp, configurations) and same_folds \
+        and info.get("ensembling_allowed") is ensembling_allowed(exp, configurations)
 
 
 def find_best_done(exp: ExperimentContext, configurations: list[str] | None = None) -> bool:
@@ -82,7 +93,7 @@ def find_best_done(exp: ExperimentContext, configurations: list[str] | None = No
     if kept is None or kept < trained_ts(exp):
         return False
     try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        info = json.loads(read_bytes(path, 16 << 20, INFORMATION))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return False
     return _made_for(info, exp, exp.configurations if configurations is None else configurations)

@@ -283,7 +283,8 @@ def wait_prediction(argv: list[str], poll_s: float = 30.0, sleep: Callable[[floa
     said: object = None
     while True:
         if argv[1] == "find-best":
-            left = [] if find_best_done(exp) else [f"{INFORMATION} in {exp.layout.root}, newer than every fold"]
+            left = [] if find_best_done(exp) else [f"{INFORMATION} in {exp.layout.root}, newer than every fold and "
+                                                   "made over this experiment's models and folds"]
         else:
             left = parts_left(exp, int(argv[2]))
         if not left:

@@ -31,6 +31,7 @@ from supervisor.daemon.runner import Engine
 from supervisor.deploy import slurm
 from supervisor.errors import ConfigError, ExitCode, RunDirError
 from supervisor.experiment.context import ExperimentContext
+from supervisor.experiment.findbest import INFORMATION
 from supervisor.layout import PipelineLayout, PredictLayout
 from supervisor.observe.prediction import PARTS_STEP
 from supervisor.pipeline.parts import PartsRun
@@ -47,7 +48,6 @@ from supervisor.stopsignals import stop_signals
 
 log = logging.getLogger("nnunet_supervise")
 
-INFORMATION = "inference_information.json"
 COPIED = ("output_corrupt", "case_failed")
 
 

@@ -70,3 +70,37 @@ def test_a_damaged_kept_choice_is_not_done_and_never_raises(tmp_path: Path) -> N
         assert not find_best_done(exp)
     (exp.layout.root / INFORMATION).write_bytes(b"\xff\xfe\x00")
     assert not find_best_done(exp)
+
+
+def test_a_study_whose_plans_have_other_configurations_is_compared_on_what_nnunet_considered(tmp_path: Path) -> None:
+    """nnU-Net's filter_available_models drops a configuration a plans file lacks: that model is not asked for."""
+    path = experiment(tmp_path, experiment={"plans": ["nnUNetPlans", "nnUNetResEncUNetMPlans"], "folds": [0]})
+    pre = tmp_path / "pre" / "Dataset977_Thing"
+    (pre / "nnUNetResEncUNetMPlans.json").write_text(json.dumps({"configurations": {
+        "2d": {"data_identifier": "nnUNetResEncUNetMPlans_2d"}}}))
+    (pre / "nnUNetResEncUNetMPlans_2d").mkdir()
+    exp = ExperimentContext.load(path)
+    for cell in exp.cells:
+        summary = exp.fold_layout(cell).fold_dir / "validation" / "summary.json"
+        summary.parent.mkdir(parents=True)
+        summary.write_text("{}")
+        os.utime(summary, (1000, 1000))
+    considered = [{"plans": st.plans, "configuration": c, "trainer": st.trainer}
+                  for st in exp.studies for c in st.configurations]
+    keep(exp, {"folds": [0], "considered_models": considered, "ensembling_allowed": True})
+    assert find_best_done(exp)
+    every = [{"plans": p, "configuration": c, "trainer": "nnUNetTrainer"}
+             for p in exp.spec.plans_names for c in exp.configurations]  # one model nnU-Net could never consider
+    keep(exp, {"folds": [0], "considered_models": every, "ensembling_allowed": True})
+    assert not find_best_done(exp)
+
+
+def test_one_configuration_of_two_trainers_without_npz_disables_ensembling(tmp_path: Path) -> None:
+    from supervisor.experiment.findbest import find_best_argv
+
+    exp = finished(tmp_path, trainers=["nnUNetTrainer", "nnUNetTrainer_Short"], npz=False)
+    argv = find_best_argv(exp, exp.configurations)
+    assert argv is not None and "--disable_ensembling" in argv  # two models: find_best would ensemble their .npz
+    single = finished(tmp_path / "one", npz=False)
+    argv = find_best_argv(single, single.configurations)
+    assert argv is not None and "--disable_ensembling" not in argv  # one model: nothing to ensemble
