@@ -53,8 +53,8 @@ class ModelCV:
 
     @property
     def mean_dice(self) -> float | None:
-        used = self.used
-        return sum(s.dice for s in used if s.dice is not None) / len(used) if used else None
+        scored = [s.dice for s in self.used if s.dice is not None]  # a fold whose Dice is NaN has none to average
+        return sum(scored) / len(scored) if scored else None
 
     @property
     def final(self) -> bool:
@@ -141,7 +141,8 @@ def chosen(exp: ExperimentContext) -> dict[str, Any] | None:
     if not isinstance(best, dict):
         return {"path": str(path), "problem": "no best_model_or_ensemble object", "current": False}
     picked = []
-    for m in best.get("selected_model_or_models") or []:
+    listed = best.get("selected_model_or_models")
+    for m in listed if isinstance(listed, list) else []:
         if isinstance(m, dict) and all(isinstance(m.get(k), str) for k in ("trainer", "plans_identifier",
                                                                             "configuration")):
             picked.append(f"{m['trainer']}__{m['plans_identifier']}__{m['configuration']}")
@@ -164,19 +165,21 @@ def summary(exp: ExperimentContext) -> dict[str, Any]:
     `chosen` (find_best's, or None), `best` (the model marked best) and `metric` (what `mean_dice` is)."""
     found = models(exp)
     choice = chosen(exp)
-    best: ModelCV | None = None
+    marked: list[ModelCV] = []
     picked = choice.get("models") if choice and choice.get("current") else None
-    if picked:  # find_best decided (on its pooled number): never mark another model best
-        best = next((m for m in found if [m.model] == picked), None)
+    if picked:  # find_best decided (on its pooled number): never mark another model best; an ensemble: its members
+        marked = [m for m in found if m.model in picked]
     else:
         scored = [m for m in found if m.mean_dice is not None]
-        best = max(scored, key=lambda m: m.mean_dice or 0.0, default=None)
-    if best is not None:
-        best.best = True
+        top = max(scored, key=lambda m: m.mean_dice or 0.0, default=None)
+        marked = [top] if top is not None else []
+    for m in marked:
+        m.best = True
+    best = None if not marked else marked[0].model if len(marked) == 1 else \
+        "ensemble of " + " + ".join(m.model for m in marked)
     return {"metric": "mean over finished folds of each fold's validation foreground_mean Dice; nnunet_dice: "
                       "find_best's, over all folds' validation cases pooled",
-            "models": [m.to_json() for m in found], "chosen": choice,
-            "best": best.model if best is not None else None,
+            "models": [m.to_json() for m in found], "chosen": choice, "best": best,
             "best_by": None if best is None else ("find_best" if picked else "mean over finished folds")}
 
 
@@ -188,8 +191,8 @@ def lines(cv: dict[str, Any] | None) -> list[str]:
     for m in cv["models"]:
         mean = "-" if m["mean_dice"] is None else f"{m['mean_dice']:.4f}"
         done = ("final" if m["final"] else f"so far ({m['folds_finished']} of {m['folds_total']} folds)")
-        per_fold = " ".join("?" if f["state"] == "unreadable" else "-" if f["dice"] is None else f"{f['dice']:.4f}"
-                            for f in m["folds"])
+        per_fold = " ".join("?" if f["state"] == "unreadable" else "NaN" if f["state"] == "done" and f["dice"] is None
+                            else "-" if f["dice"] is None else f"{f['dice']:.4f}" for f in m["folds"])
         labels = ", ".join(f"{v['name'] or k} {v['dice']:.4f}" for k, v in m["labels"].items())
         nn = ""
         if m["nnunet_dice"] is not None:

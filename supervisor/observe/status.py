@@ -26,7 +26,8 @@ class ValidationSummary:
     """nnU-Net's evaluation of a set of validation cases (validation/summary.json of a fold, or find_best's
     crossval_results_folds_*/summary.json): `foreground_mean` Dice, and per label or region its `mean` Dice.
     `state`: "done" (read), "missing" (not written: the validation has not finished), "unreadable" (`problem` says
-    why: torn, not JSON, keys missing or of the wrong type)."""
+    why: torn, not JSON, keys missing or of the wrong type). A "done" summary whose foreground Dice is NaN (nnU-Net
+    writes NaN for a label absent from every case and never predicted) has dice None and a `note` saying so."""
 
     state: str
     dice: float | None = None
@@ -34,10 +35,11 @@ class ValidationSummary:
     cases: int | None = None
     problem: str | None = None
     mtime: float | None = None
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "dice": self.dice, "labels": self.labels, "cases": self.cases,
-                **({"problem": self.problem} if self.problem else {})}
+                **({"problem": self.problem} if self.problem else {}), **({"note": self.note} if self.note else {})}
 
 
 def _number(value: Any) -> float | None:
@@ -57,9 +59,10 @@ def read_validation(path: Path) -> ValidationSummary:
     except (OSError, ValueError) as exc:  # a directory, a FIFO, torn or not JSON (UnicodeDecodeError is one)
         return ValidationSummary("unreadable", problem=f"{path}: {exc}")
     fg = doc.get("foreground_mean") if isinstance(doc, dict) else None
-    dice = _number(fg.get("Dice")) if isinstance(fg, dict) else None
-    if dice is None:
-        got = fg.get("Dice") if isinstance(fg, dict) else fg
+    got = fg.get("Dice") if isinstance(fg, dict) else fg
+    dice = _number(got)
+    nan = isinstance(got, float) and math.isnan(got)
+    if dice is None and not nan:
         return ValidationSummary("unreadable", problem=f"{path}: foreground_mean.Dice holds {got!r}, not a number",
                                  mtime=mtime)
     means = doc.get("mean")
@@ -69,7 +72,10 @@ def read_validation(path: Path) -> ValidationSummary:
         if value is not None:
             labels[str(key)] = value
     cases = doc.get("metric_per_case")
-    return ValidationSummary("done", dice, labels, len(cases) if isinstance(cases, list) else None, mtime=mtime)
+    note = ("foreground Dice is NaN: nnU-Net writes that when a label is in none of these cases' references and "
+            "never predicted; no Dice for this set") if nan else None
+    return ValidationSummary("done", dice, labels, len(cases) if isinstance(cases, list) else None, mtime=mtime,
+                             note=note)
 
 
 def gather(layout: RunLayout, live: bool, now: float | None = None, validation: bool = True) -> dict[str, Any]:
@@ -133,6 +139,9 @@ def validation_line(v: dict[str, Any] | None) -> str | None:
         return f"validation summary.json unreadable: {v.get('problem')}"
     labels = ", ".join(f"{k} {d:.4f}" for k, d in (v.get("labels") or {}).items())
     cases = f" over {v['cases']} cases" if v.get("cases") is not None else ""
+    if v.get("dice") is None:
+        return f"validation{cases}: {v.get('note') or 'no foreground Dice'}" + (f" (per label: {labels})" if labels
+                                                                               else "")
     return f"validation mean foreground Dice {v['dice']:.4f}{cases}" + (f" (per label: {labels})" if labels else "")
 
 

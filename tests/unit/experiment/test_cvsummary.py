@@ -85,7 +85,7 @@ def test_a_torn_or_wrong_typed_summary_is_unreadable_for_its_fold_never_a_traceb
     fold_summary(exp, "2d", 1, json.dumps(summary_doc(0.8))[:50])  # torn mid-write
     fold_summary(exp, "2d", 2, {"foreground_mean": {"Dice": "0.9"}, "mean": []})
     fold_summary(exp, "3d_fullres", 0, [1, 2])
-    fold_summary(exp, "3d_fullres", 1, {"foreground_mean": {"Dice": float("nan")}})
+    fold_summary(exp, "3d_fullres", 1, {"foreground_mean": {"Dice": float("nan")}})  # nnU-Net's own: not damage
     d = exp.fold_layout(exp.cells[5]).fold_dir / "validation" / "summary.json"
     d.mkdir(parents=True)  # a directory where the file should be
     cv = cvsummary.summary(exp)
@@ -93,10 +93,12 @@ def test_a_torn_or_wrong_typed_summary_is_unreadable_for_its_fold_never_a_traceb
     assert [f["state"] for f in two_d["folds"]] == ["done", "unreadable", "unreadable"]
     assert (two_d["folds_finished"], two_d["folds_unreadable"], two_d["mean_dice"]) == (1, 2, 0.8)
     assert "'0.9', not a number" in two_d["folds"][2]["problem"]
-    assert [f["state"] for f in three_d["folds"]] == ["unreadable"] * 3 and three_d["mean_dice"] is None
+    assert [f["state"] for f in three_d["folds"]] == ["unreadable", "done", "unreadable"]
+    assert three_d["mean_dice"] is None and "NaN" in three_d["folds"][1]["note"]
     block = cvsummary.lines(cv)
     assert "folds 0.8000 ? ?" in block[1] and block[2].split()[:2] == ["3d_fullres", "-"]
-    assert sum("validation summary unreadable" in line for line in block) == 5
+    assert "folds ? NaN ?" in block[2]
+    assert sum("validation summary unreadable" in line for line in block) == 4
     assert cv["best"] == "nnUNetTrainer__nnUNetPlans__2d"
 
 
@@ -130,6 +132,15 @@ def test_nnunets_pooled_number_and_find_best_s_choice_mark_the_best(tmp_path: Pa
     assert block[1].startswith("* 2d") and "nnU-Net 0.8500" in block[1] and " final " in block[1]
     assert block[-1] == ("  find_best chose nnUNetTrainer__nnUNetPlans__2d: nnU-Net's cross-validation Dice 0.8500 "
                          "(0.8600 postprocessed)")
+    # an ensemble chosen: both of its members are marked, and `best` names the ensemble
+    both = [{"configuration": c, "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"}
+            for c in ("2d", "3d_fullres")]
+    chose_both = {**info["best_model_or_ensemble"], "selected_model_or_models": both}
+    write_summary(exp.layout.root / "inference_information.json", {**info, "best_model_or_ensemble": chose_both})
+    ens = cvsummary.summary(exp)
+    assert [m["best"] for m in ens["models"]] == [True, True]
+    assert ens["best"] == "ensemble of nnUNetTrainer__nnUNetPlans__2d + nnUNetTrainer__nnUNetPlans__3d_fullres"
+    write_summary(exp.layout.root / "inference_information.json", info)
     # a fold retrained since: nnU-Net's numbers are old, and the choice no longer decides what is best
     later = fold_summary(exp, "3d_fullres", 2, summary_doc(0.95))
     os.utime(later, (os.path.getmtime(later) + 60,) * 2)
@@ -166,3 +177,22 @@ def test_a_single_runs_status_shows_its_validation_dice(tmp_path: Path) -> None:
     assert info["validation"]["dice"] == 0.8123 and info["validation"]["cases"] == 4
     assert "validation mean foreground Dice 0.8123 over 4 cases (per label: 1 0.9000, 2 0.7246)" in text(info, "x")
     assert "validation" not in gather(layout, False, validation=False)
+
+
+def test_a_fold_whose_dice_nnunet_wrote_as_nan_counts_as_finished_and_is_left_out_of_the_mean(tmp_path: Path) -> None:
+    exp = two_by_three(tmp_path)
+    fold_summary(exp, "2d", 0, summary_doc(0.8))
+    fold_summary(exp, "2d", 1, {"foreground_mean": {"Dice": float("nan")}, "mean": {}, "metric_per_case": []})
+    fold_summary(exp, "2d", 2, summary_doc(0.6))
+    two_d = cvsummary.summary(exp)["models"][0]
+    assert two_d["final"] and two_d["folds_finished"] == 3 and abs(two_d["mean_dice"] - 0.7) < 1e-9
+
+
+def test_a_damaged_choice_list_is_no_choice_never_a_traceback(tmp_path: Path) -> None:
+    exp = two_by_three(tmp_path)
+    fold_summary(exp, "2d", 0, summary_doc(0.8))
+    exp.layout.root.mkdir(parents=True, exist_ok=True)
+    (exp.layout.root / "inference_information.json").write_text(
+        json.dumps({"best_model_or_ensemble": {"selected_model_or_models": 5}}))
+    cv = cvsummary.summary(exp)
+    assert cv["chosen"]["models"] == [] and cv["best"] == "nnUNetTrainer__nnUNetPlans__2d"
