@@ -481,9 +481,9 @@ def slurm(config: Path, submit: bool, time_limit: str | None, partition: str | N
         c = sections.cooperative
         if lead_s is not None:
             return lead_s
-        if not c.enabled:
-            return sl.LEAD_S
-        return stop_deadline_s(sections.process.stop_grace_s, c.enabled, c.save_on_stop, c.stop_timeout_s)
+        deadline = stop_deadline_s(sections.process.stop_grace_s, c.enabled, c.save_on_stop, c.stop_timeout_s)
+        # without cooperative mode nothing is saved on a stop, but the tree's SIGTERM grace still has to fit
+        return deadline if c.enabled else max(sl.LEAD_S, deadline)
 
     if _experiment(config, "slurm", **{"--folds": folds}):
         from supervisor.experiment import commands, slurmchain

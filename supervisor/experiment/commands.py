@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from supervisor.core.rules import STOP_MARGIN_S
 from supervisor.deploy.systemd import UnitSpec, spec_for
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.experiment.context import Cell, ExperimentContext
@@ -145,10 +146,10 @@ def report(path: Path, output: Path | None, as_json: bool) -> None:
 
 def unit_spec(exp: ExperimentContext, python: str, user: str | None, user_unit: bool) -> UnitSpec:
     """One systemd unit for the whole experiment: it runs the experiment supervisor, whose stop stops every fold
-    (in parallel: the unit waits as long as one fold's stop takes, plus a margin)."""
+    (in parallel: the unit waits as long as one fold's stop takes, plus the experiment supervisor's own exit)."""
     one = spec_for(exp.run(exp.cells[0]), python, user, user_unit)
     nn = exp.spec.nnunet
-    return replace(one, name=exp.config_path.stem, stop_timeout_s=one.stop_timeout_s + 60,
+    return replace(one, name=exp.config_path.stem, stop_timeout_s=one.stop_timeout_s + int(STOP_MARGIN_S),
                    description=f"nnU-Net {nn.dataset} experiment ({', '.join(exp.configurations)} x "
                                f"{len(exp.spec.experiment.folds)} folds, {nn.trainer}), nnunet-supervise "
                                f"{exp.config_path}")
@@ -227,8 +228,7 @@ def wait(path: Path, configurations: tuple[str, ...], poll_s: float, trainers: t
         raise ConfigError(problems, str(exp.config_path))
 
     def wanted(cell: Cell) -> bool:
-        trainer = cell.trainer or exp.spec.nnunet.trainer
-        plan = cell.plans or exp.spec.nnunet.plans
+        trainer, plan = exp.trainer_plans(cell)
         return (not configurations or cell.configuration in configurations) \
             and (not trainers or trainer in trainers) and (not plans or plan in plans)
 
