@@ -39,7 +39,7 @@ def checks(exp: ExperimentContext, deep: bool, data_deep: bool = False) -> Repor
             report.notes.append(f"{later} starts once every fold of {earlier} finished (its validation writes "
                                 f"{later}'s inputs)")
     try:
-        _, _, line = pool(exp)
+        line = pool(exp).line
         report.notes.append(f"devices: {line}")
     except ConfigError as exc:
         report.problems += exc.problems

@@ -3,15 +3,16 @@ fold's estimated GPU memory; or CPU slots.
 
 Capacity and need share one unit per pool: with `per_gpu: N` (or on the CPU) a device holds N folds of need 1;
 with `per_gpu: auto` a GPU holds its memory in bytes and a fold needs its estimated peak times the margin, until a
-fold of that configuration was measured (GpuMemory).
+fold of that configuration was measured (PeakWatch).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from supervisor.errors import ConfigError
 from supervisor.experiment.context import ExperimentContext
@@ -33,15 +34,21 @@ def estimated_need(plans_name: str, margin: float) -> float:
     return (target + OVERHEAD_GB) * margin * GIB
 
 
-def pool(exp: ExperimentContext,
-         nvml_factory: Callable[[], Nvml] = RealNvml) -> tuple[list[Device], dict[str, float], str]:
-    """(devices, need per configuration, a line for the log); ConfigError where the file asks for what is not there."""
+class Pool(NamedTuple):
+    devices: list[Device]
+    needs: dict[str, float]  # configuration -> what one of its folds takes of a device's capacity
+    line: str  # for the log
+    by_memory: bool = False  # capacities and needs in bytes of GPU memory (per_gpu: auto, every GPU's total known)
+
+
+def pool(exp: ExperimentContext, nvml_factory: Callable[[], Nvml] = RealNvml) -> Pool:
+    """The devices and what a fold takes of them; ConfigError where the file asks for what is not there."""
     spec = exp.spec
     devices_cfg = spec.experiment.devices
     if spec.nnunet.device != "cuda":
         devices = [Device(spec.nnunet.device, float(devices_cfg.slots))]
-        return devices, {c: 1.0 for c in exp.configurations}, \
-            f"{spec.nnunet.device}: {devices_cfg.slots} fold(s) at once (experiment.devices.slots)"
+        return Pool(devices, {c: 1.0 for c in exp.configurations},
+                    f"{spec.nnunet.device}: {devices_cfg.slots} fold(s) at once (experiment.devices.slots)")
     wanted = None if devices_cfg.gpus == "auto" else [str(g) for g in devices_cfg.gpus]
     found, totals, notes = _gpus(nvml_factory, wanted)
     if not found:
@@ -52,13 +59,14 @@ def pool(exp: ExperimentContext,
     per_gpu = devices_cfg.per_gpu
     if per_gpu != "auto" or not totals:
         count = 1 if per_gpu == "auto" else int(per_gpu)
-        return [Device(g, float(count)) for g in found], {c: 1.0 for c in exp.configurations}, \
-            f"GPUs {', '.join(found)}: {count} fold(s) each"
+        return Pool([Device(g, float(count)) for g in found], {c: 1.0 for c in exp.configurations},
+                    f"GPUs {', '.join(found)}: {count} fold(s) each")
     need = estimated_need(spec.nnunet.plans, devices_cfg.memory_margin) * spec.nnunet.num_gpus
     devices = [Device(g, float(totals[g])) for g in found]
     per = ", ".join(f"{g}: {int(totals[g] // need)}" for g in found)
-    return devices, {c: need for c in exp.configurations}, \
-        f"GPUs packed by memory (a fold estimated at {need / GIB:.1f} GiB until measured): {per} fold(s)"
+    return Pool(devices, {c: need for c in exp.configurations},
+                f"GPUs packed by memory (a fold estimated at {need / GIB:.1f} GiB until measured): {per} fold(s)",
+                by_memory=True)
 
 
 def _gpus(nvml_factory: Callable[[], Nvml], wanted: list[str] | None) -> tuple[list[str], dict[str, int], list[str]]:
@@ -91,3 +99,54 @@ def peak_by_pid(nvml: Any, gpus: list[str]) -> dict[int, int]:
                 if used:
                     out[pid] = out.get(pid, 0) + used
     return out
+
+
+MEASURE_EVERY_S = 30.0  # how often the experiment supervisor samples its folds' GPU memory
+RISE = 1.05  # a later peak is news once it is this much above the need last sent
+
+
+@dataclass
+class PeakWatch:
+    """What a fold of each configuration really takes on its GPU: NVML's memory of the fold's trainer tree, sampled
+    while it trains, only once the fold finished an epoch (torch's caching allocator keeps what the steps and the
+    epoch's validation reserved, so the process's NVML figure is then about its peak). The first measurement of a
+    configuration replaces the planner-based estimate, up or down; a later one only raises it, by more than RISE
+    (a fold's peak is the most it took). Needs have the margin applied, as the estimate does."""
+
+    nvml: Nvml
+    gpus: list[str]
+    margin: float
+    peaks: dict[str, int] = field(default_factory=dict)  # configuration -> highest bytes one fold tree held
+    sent: dict[str, float] = field(default_factory=dict)  # configuration -> the need last handed to the scheduler
+
+    def sample(self, trees: Iterable[tuple[str, set[int]]]) -> list[tuple[str, float]]:
+        """trees: (configuration, the pids of one fold's trainer tree) for the folds past their first epoch; returns
+        the (configuration, need in bytes) that changed."""
+        usage = peak_by_pid(self.nvml, self.gpus)
+        for configuration, pids in trees:
+            held = sum(usage.get(pid, 0) for pid in pids)
+            if held:
+                self.peaks[configuration] = max(self.peaks.get(configuration, 0), held)
+        changed = []
+        for configuration, peak in self.peaks.items():
+            need = peak * self.margin
+            sent = self.sent.get(configuration)
+            if sent is None or need > sent * RISE:
+                self.sent[configuration] = need
+                changed.append((configuration, need))
+        return changed
+
+
+def peak_watch(exp: ExperimentContext, packing: Pool,
+               nvml_factory: Callable[[], Nvml] = RealNvml) -> PeakWatch | None:
+    """A watch where folds are packed by memory on one GPU each (DDP folds span several: not measured); None
+    elsewhere, or where NVML cannot be opened."""
+    if not packing.by_memory or exp.spec.nnunet.num_gpus != 1:
+        return None
+    try:
+        nvml = nvml_factory()
+        nvml.init()
+    except Exception as exc:  # the pool read the GPUs a moment ago; if NVML is gone now, pack by the estimate
+        log.warning("GPU memory of the folds will not be measured (NVML: %s); packing by the estimate", exc)
+        return None
+    return PeakWatch(nvml, [d.name for d in packing.devices], exp.spec.experiment.devices.memory_margin)

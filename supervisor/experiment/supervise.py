@@ -9,6 +9,7 @@ as in the fold supervisor: waiter threads, the find_best job and signal handlers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -28,7 +29,7 @@ from supervisor.deploy.sdnotify import Notifier
 from supervisor.errors import ExitCode, RunDirError
 from supervisor.experiment import findbest
 from supervisor.experiment.context import Cell, ExperimentContext
-from supervisor.experiment.devices import pool
+from supervisor.experiment.devices import MEASURE_EVERY_S, PeakWatch, peak_watch, pool
 from supervisor.experiment.schedule import (
     Action,
     Begin,
@@ -38,6 +39,7 @@ from supervisor.experiment.schedule import (
     Exit,
     FindBestDone,
     FoldEnded,
+    NeedMeasured,
     PredictDone,
     Record,
     RunFindBest,
@@ -119,6 +121,8 @@ class ExperimentSupervisor:
         self.predict_watched = False  # a prediction another (earlier) experiment supervisor started runs on
         self.state = State(cells={c: CellState() for c in exp.cells})
         self._started = wall()
+        self.peaks: PeakWatch | None = None  # GPU memory packing: what the folds really take, measured
+        self._measured_at = -MEASURE_EVERY_S
         m = exp.spec.metrics
         self.metrics: ExperimentMetrics | None = None
         if m.port is not None or m.textfile is not None:
@@ -136,10 +140,11 @@ class ExperimentSupervisor:
         except OSError as exc:
             raise RunDirError(f"cannot use the experiment's folder {self.layout.root}: {exc}") from None
         try:
-            devices, needs, line = pool(self.exp)
-            log.info("experiment %s: %d cell(s); %s", self.exp.config_path, len(self.exp.cells), line)
+            packing = pool(self.exp)
+            log.info("experiment %s: %d cell(s); %s", self.exp.config_path, len(self.exp.cells), packing.line)
+            self.peaks = peak_watch(self.exp, packing)
             self._ensure_splits()
-            begin = self._begin(tuple(devices), needs)
+            begin = self._begin(tuple(packing.devices), packing.needs)
             with stop_signals(lambda name: self.queue.put(StopRequested(name))):
                 self.notifier.ready(f"supervising experiment {self.exp.config_path}")
                 code = self._loop(begin)
@@ -178,8 +183,9 @@ class ExperimentSupervisor:
         return [item]
 
     def _look(self) -> list[Event]:
-        """Every tick: folds that other supervisors run, when they let go of their locks."""
-        ended: list[Event] = []
+        """Every tick: folds that other supervisors run, when they let go of their locks; now and then the GPU memory
+        the running folds take."""
+        ended: list[Event] = self._measure(time.monotonic())
         if self.predict_watched and not RunLock(self.exp.predict_layout().lock_file).is_held_elsewhere():
             self.predict_watched = False  # the earlier one ended: run it again (what it finished is kept)
             self._predict()
@@ -196,6 +202,31 @@ class ExperimentSupervisor:
                 code = ExitCode.CRASHED  # it died without saying: start it again (it resumes)
             ended.append(FoldEnded(cell, code, give_up_reason(layout.events_file) if code == 1 else None))
         return ended
+
+    def _measure(self, now: float) -> list[Event]:
+        """NeedMeasured for each configuration whose folds were found to take other GPU memory than the scheduler
+        counts (see PeakWatch): a running fold's trainer tree, by the pid its supervisor records in state.json."""
+        if self.peaks is None or now - self._measured_at < MEASURE_EVERY_S:
+            return []
+        self._measured_at = now
+        trees = []
+        for cell, st in self.state.cells.items():
+            if st.status is not CellStatus.RUNNING:
+                continue
+            state = StateStore(self.exp.fold_layout(cell).state_file).read().data
+            pid, epoch = state.get("pid"), state.get("epoch")
+            if isinstance(pid, int) and pid > 0 and isinstance(epoch, int) and epoch >= 1:
+                trees.append((cell.configuration, _tree(pid)))
+        try:
+            changed = self.peaks.sample(trees)
+        except Exception as exc:  # NVML went away mid-run: keep packing by what is known
+            log.warning("GPU memory of the folds no longer measured (%s)", exc)
+            self.peaks = None
+            return []
+        for configuration, need in changed:
+            log.info("a %s fold takes %.1f GiB of GPU memory (measured, with the margin): packing by that",
+                     configuration, need / 2**30)
+        return [NeedMeasured(c, need) for c, need in changed]
 
     # ---- facts ----
 
@@ -354,6 +385,9 @@ class ExperimentSupervisor:
         proc = self.find_best_proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
+        if self.peaks is not None:
+            with contextlib.suppress(Exception):
+                self.peaks.nvml.shutdown()
 
     # ---- state.json ----
 
@@ -416,3 +450,12 @@ def stop_everything(exp: ExperimentContext) -> list[str]:
         stopped.append("the prediction")
     return stopped
 
+
+
+def _tree(pid: int) -> set[int]:
+    """pid and its descendants now (a fold's CUDA context lives in the trainer; its workers hold none, but a
+    trainer that spawns CUDA children is counted whole)."""
+    try:
+        return {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+    except (psutil.Error, OSError):
+        return {pid}

@@ -322,7 +322,7 @@ def part_devices(exp: ExperimentContext) -> list[str | None]:
         from supervisor.experiment.devices import pool
 
         try:
-            gpus = [d.name for d in pool(exp)[0]]
+            gpus = [d.name for d in pool(exp).devices]
         except ConfigError:
             gpus = []  # none found: one part, on what CUDA_VISIBLE_DEVICES says
     n = parts_wanted(spec.predict.parts, spec.nnunet.device, gpus, spec.experiment.devices.slots)

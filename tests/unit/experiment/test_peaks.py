@@ -1,0 +1,63 @@
+"""Packing by measured GPU memory: what a fold of each configuration really takes (NVML, over a fake here: no GPU on
+these machines), the first measurement replacing the planner's estimate and a later, higher one raising it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from supervisor.experiment.context import Cell, ExperimentContext
+from supervisor.experiment.devices import GIB, MEASURE_EVERY_S, PeakWatch, peak_watch, pool
+from supervisor.experiment.schedule import CellState, CellStatus, NeedMeasured
+from supervisor.experiment.supervise import ExperimentSupervisor
+from supervisor.rundir.statefile import StateStore
+from tests.unit.experiment.conftest import experiment
+from tests.unit.gpu.conftest import FakeNvml
+
+
+def gpu_experiment(tmp_path: Path, **devices: object) -> ExperimentContext:
+    return ExperimentContext.load(experiment(tmp_path, nnunet={"device": "cuda"},
+                                             experiment={"configurations": ["2d", "3d_fullres"], "folds": [0, 1],
+                                                         "devices": {"gpus": "auto", **devices}}))
+
+
+def test_the_first_measurement_replaces_the_estimate_and_later_ones_only_raise_it() -> None:
+    nvml = FakeNvml(n=1)
+    nvml.procs["handle0"] = [[(100, 6 * GIB), (101, 2 * GIB), (555, 9 * GIB)], [(100, 5 * GIB)],
+                             [(100, 6 * GIB + GIB // 100)], [(100, 8 * GIB)]]
+    watch = PeakWatch(nvml, ["0"], margin=1.25)
+    # fold 0 of 2d: the trainer (100) and a child it spawned (101); pid 555 is someone else's
+    assert watch.sample([("2d", {100, 101})]) == [("2d", 8 * GIB * 1.25)]
+    assert watch.sample([("2d", {100})]) == []  # lower later: the peak stays what it was
+    assert watch.sample([("2d", {100})]) == []  # and a rise of 1 %: not news
+    assert watch.sample([("2d", {100})]) == []  # 8 GiB again: the same peak
+    assert watch.peaks == {"2d": 8 * GIB}
+
+
+def test_only_memory_packing_on_one_gpu_a_fold_is_measured(tmp_path: Path) -> None:
+    exp = gpu_experiment(tmp_path)
+    packing = pool(exp, lambda: FakeNvml(n=2))
+    assert packing.by_memory and packing.needs["2d"] == (8 + 1.5) * 1.25 * GIB
+    assert peak_watch(exp, packing, lambda: FakeNvml(n=2)) is not None
+    counted = gpu_experiment(tmp_path / "n", per_gpu=2)
+    assert not pool(counted, lambda: FakeNvml(n=2)).by_memory
+    assert peak_watch(counted, pool(counted, lambda: FakeNvml(n=2)), lambda: FakeNvml(n=2)) is None
+
+
+def test_the_supervisor_measures_its_running_folds_past_their_first_epoch(tmp_path: Path) -> None:
+    exp = gpu_experiment(tmp_path)
+    sup = ExperimentSupervisor(exp)
+    nvml = FakeNvml(n=2)
+    pid = os.getpid()  # a live pid, so its tree can be read
+    nvml.procs["handle1"] = [[(pid, 3 * GIB)]]
+    sup.peaks = PeakWatch(nvml, ["0", "1"], margin=1.25)
+    warming, training = Cell("2d", 0), Cell("3d_fullres", 0)
+    sup.state = type(sup.state)(cells={warming: CellState(CellStatus.RUNNING, "0"),
+                                       training: CellState(CellStatus.RUNNING, "1"),
+                                       Cell("2d", 1): CellState()})
+    for cell, epoch in ((warming, 0), (training, 2)):
+        layout = exp.fold_layout(cell)
+        layout.supervisor_dir.mkdir(parents=True, exist_ok=True)
+        StateStore(layout.state_file).save({"pid": pid if cell == training else 999_999, "epoch": epoch})
+    assert sup._measure(100.0) == [NeedMeasured("3d_fullres", 3 * GIB * 1.25)]
+    assert sup._measure(100.0 + MEASURE_EVERY_S / 2) == []  # not yet time to look again
