@@ -574,9 +574,11 @@ def check(config: Path, deep: bool) -> None:
     if _experiment(config, "check"):
         from supervisor.experiment.commands import checks
         from supervisor.experiment.context import ExperimentContext
+        from supervisor.preflight import check_disk
 
         exp = _experiment_command(ExperimentContext.load, config, _document(config))
         report, where = checks(exp, deep=True, data_deep=deep), exp.config_path
+        check_disk(exp, report)
     else:
         ctx = _load(config)
         report, where = full_check(ctx, deep), ctx.config_path
@@ -588,6 +590,25 @@ def check(config: Path, deep: bool) -> None:
         click.echo(f"FAIL  {problem}")
     click.echo(f"{where}: " + ("ready to run" if report.ok else f"{len(report.problems)} problem(s)"))
     sys.exit(0 if report.ok else ExitCode.USAGE)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--dry-run", is_flag=True, help="List what would be removed and the total; remove nothing.")
+@click.option("--quarantine", is_flag=True, help="Also remove the damaged files set aside in supervisor/quarantine/.")
+def clean(config: Path, dry_run: bool, quarantine: bool) -> None:
+    """Remove what finished folds no longer need: checkpoint_latest.pth (superseded by final), our snapshots and
+    set-aside checkpoints, leftover temporaries, a finished configuration's compile cache; never final, best,
+    validation or logs, nothing of a fold in progress (0 done, 1 something could not be judged, 2 bad config)."""
+    from supervisor.disk.clean import clean_command
+
+    if _experiment(config, "clean"):
+        from supervisor.experiment.context import ExperimentContext
+
+        target = _experiment_command(ExperimentContext.load, config, _document(config))
+    else:
+        target = _load(config)
+    sys.exit(clean_command(target, dry_run, quarantine, say=click.echo))
 
 
 @main.command()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import shutil
 import socket
@@ -12,22 +11,28 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-from supervisor.checkpoints.space import room_for
+from supervisor.checkpoints.space import human, room_for
 from supervisor.command import helper_env, trainer_command
+from supervisor.config import read_document
 from supervisor.context import RunContext
 from supervisor.core.remedies import SHM_FIX, WORKERS_VAR, nnunet_default_workers, user_settings
 from supervisor.core.sizing import MAIN_PROCESS_BYTES, worker_bytes
-from supervisor.errors import LaunchError
+from supervisor.disk.estimate import DatasetFacts, estimate_experiment, estimate_run, one_checkpoint
+from supervisor.errors import LaunchError, SupervisorError
 from supervisor.evidence.memory import memory_cgroup
 from supervisor.evidence.shm import shm_space
+from supervisor.expfile import is_experiment
 from supervisor.gpu.nvml import cuda_problem
 from supervisor.oomscore import SUPERVISOR_SCORE, may_lower
 from supervisor.preprocessed.verify import verify_preprocessed
 from supervisor.rundir.lock import RunLock
 from supervisor.sizing import batch_bytes, sizing_for
 from supervisor.trainer.lookup import find_trainer
+
+if TYPE_CHECKING:  # the experiment imports this module: a type only
+    from supervisor.experiment.context import ExperimentContext
 
 
 def available_memory() -> int | None:
@@ -74,23 +79,6 @@ def _load_json(path: Path, report: Report, what: str) -> Any:
     except (OSError, ValueError) as exc:
         report.problems.append(f"{what} unreadable: {path}: {exc}")
     return None
-
-
-def estimate_checkpoint_bytes(arch_kwargs: dict[str, Any], in_channels: int, n_classes: int) -> int:
-    """Rough size of one checkpoint: conv weights of a plain U-Net encoder+decoder, times 2 for SGD momentum."""
-    features = list(arch_kwargs.get("features_per_stage", []))
-    kernels = list(arch_kwargs.get("kernel_sizes", []))
-    convs = arch_kwargs.get("n_conv_per_stage", 2)
-    convs = list(convs) if isinstance(convs, list) else [convs] * len(features)
-    params = 0
-    prev = in_channels
-    for f, k, n in zip(features, kernels, convs, strict=False):
-        kvol = math.prod(k) if isinstance(k, list) else k
-        params += kvol * prev * f + kvol * f * f * max(0, n - 1)
-        prev = f
-    params *= 2  # the decoder mirrors the encoder
-    params += (features[0] if features else 32) * n_classes * len(features)
-    return int(params * 4 * 2 * 1.1)
 
 
 def cheap_checks(ctx: RunContext, report: Report) -> None:
@@ -141,7 +129,7 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
     for p in ctx.trainer_paths:
         if not p.is_dir():
             report.problems.append(f"nnunet.trainer_paths: {p} is not a folder")
-    _check_results(ctx, plans, dataset_json, report)
+    _check_results(ctx, report)
     if isinstance(plans, dict) and isinstance(dataset_json, dict):
         _check_memory(ctx, plans, dataset_json, report)
 
@@ -214,7 +202,8 @@ def _check_fold(ctx: RunContext, pre: Path, report: Report) -> None:
         report.problems.append(f"nnunet.fold: {fold}; without splits_final.json nnU-Net makes 5 folds (0-4)")
 
 
-def _check_results(ctx: RunContext, plans: Any, dataset_json: Any, report: Report) -> None:
+def _check_results(ctx: RunContext, report: Report) -> None:
+    """The results folder writable, and room for the next launch (two more checkpoints and the logs)."""
     probe = ctx.layout.fold_dir
     while not probe.exists():
         probe = probe.parent
@@ -224,25 +213,21 @@ def _check_results(ctx: RunContext, plans: Any, dataset_json: Any, report: Repor
     except OSError as exc:
         report.problems.append(f"results folder not writable: {probe}: {exc.strerror}")
         return
-    existing = ctx.layout.existing_checkpoints()
-    if existing:
-        one = max(p.stat().st_size for p in existing)
-        how = "largest existing checkpoint"
-    elif isinstance(plans, dict) and isinstance(dataset_json, dict):
-        arch = plans.get("configurations", {}).get(ctx.config.nnunet.configuration, {}).get("architecture", {})
-        one = estimate_checkpoint_bytes(arch.get("arch_kwargs", {}), len(dataset_json.get("channel_names", {1: 1})),
-                                        len(dataset_json.get("labels", {1: 1, 2: 2})))
-        how = "estimated from the plans"
-    else:
+    nn = ctx.config.nnunet
+    # the largest checkpoint of this configuration (any fold), else counted from the plans' network
+    one = one_checkpoint(ctx.layout.fold_dir.parent, nn.configuration,
+                         DatasetFacts.read(ctx.paths.preprocessed / ctx.dataset_name, nn.plans))
+    if one is None:  # unreadable plans: cheap_checks says so
         return
+    one_bytes, how, _ = one
     free = shutil.disk_usage(probe).free
-    need = room_for(one, ctx.config.process.attempt_log_max_bytes)
+    need = room_for(one_bytes, ctx.config.process.attempt_log_max_bytes)
     if free < need:
-        report.problems.append(f"not enough free disk in {probe}: {free / 1e6:.0f} MB free, need {need / 1e6:.0f} MB "
-                               f"for two checkpoints ({how}) and the logs")
+        report.problems.append(f"disk: not enough free space in {probe} for the next launch: {human(free)} free, it "
+                               f"needs {human(need)} for two checkpoints (one is {how}) and the logs")
     else:
-        report.notes.append(f"free disk {free / 1e9:.1f} GB (two checkpoints and the logs need "
-                            f"~{need / 1e6:.0f} MB, {how})")
+        report.notes.append(f"disk: the next launch needs {human(need)} free in {probe} (two checkpoints, one is "
+                            f"{how}, and the logs); {human(free)} free")
 
 
 def port_in_use(host: str, port: int) -> str | None:
@@ -296,11 +281,36 @@ def check_preprocessed(ctx: RunContext, report: Report, deep: bool = False) -> N
                             f"whole ({how})")
 
 
-def full_check(ctx: RunContext, deep: bool = False) -> Report:
+def check_disk(target: Union[RunContext, ExperimentContext], report: Report) -> None:
+    """`check`'s disk: lines: what the run or the whole experiment will still write (checkpoints, validation, logs,
+    the predict section's prediction) against the free space of each file system it goes to; a problem only where
+    the estimate clearly exceeds what is free (supervisor.disk.estimate)."""
+    try:
+        found = estimate_run(target) if isinstance(target, RunContext) else estimate_experiment(target)
+    except (OSError, SupervisorError) as exc:
+        report.notes.append(f"disk: not estimated ({exc})")
+        return
+    report.notes += found.lines()
+    report.warnings += found.warnings()
+    report.problems += found.problems()
+
+
+def _from_experiment(ctx: RunContext) -> bool:
+    """Is this run one cell of an experiment file (whose check estimates the disk for all of it)?"""
+    try:
+        return is_experiment(read_document(ctx.config_path))
+    except (OSError, SupervisorError):
+        return False
+
+
+def full_check(ctx: RunContext, deep: bool = False, disk: bool | None = None) -> Report:
     """Everything `nnunet-supervise check` reports, including the trainer lookup subprocess; `deep`: decompress
-    every preprocessed case too."""
+    every preprocessed case too; `disk`: the disk estimate of the whole run (None: unless ctx is a cell of an
+    experiment file, whose check estimates the whole experiment with check_disk)."""
     report = Report()
     cheap_checks(ctx, report)
+    if disk or (disk is None and not _from_experiment(ctx)):
+        check_disk(ctx, report)
     check_preprocessed(ctx, report, deep)
     nn = ctx.config.nnunet
     found = find_trainer(nn.trainer, helper_env(ctx))
