@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,25 @@ def test_a_two_trainer_study_survives_a_killed_trainer_and_a_killed_experiment_s
                      else ["predict", "postprocess"]), pipe
     info = json.loads(status.stdout)
     assert info["predict"]["cases_total"] == 3 and info["predict"]["cases_done"] == 3, info["predict"]
+    # the cross-validation summary from the folds' own summary.json, find_best's choice marked and current
+    cv = info["cross_validation"]
+    assert [m["trainer"] for m in cv["models"]] == STUDY and all(m["final"] for m in cv["models"]), cv
+    assert cv["chosen"]["current"] and cv["best_by"] == "find_best", cv
+    # find_best's choice as nnU-Net's model zip: the real exporter, every chosen fold's checkpoint inside
+    model = tmp_path / "model.zip"
+    exported = subprocess.run([sys.executable, "-m", "supervisor", "export", str(path), "-o", str(model)],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    names = set(zipfile.ZipFile(model).namelist()) if model.is_file() else \
+        {n for z in tmp_path.glob("model.*.zip") for n in zipfile.ZipFile(z).namelist()}
+    assert sum(n.endswith("/checkpoint_final.pth") for n in names) == 2 * len(pipe["models"]), sorted(names)
+    # clean leaves a finished study's checkpoints and validation alone
+    cleaned = subprocess.run([sys.executable, "-m", "supervisor", "clean", str(path)], capture_output=True,
+                             text=True, cwd=REPO, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    for cell in exp.cells:
+        fold = exp.fold_layout(cell).fold_dir
+        assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
     # a final output torn (a power cut as it was written, a person): quarantined, made again, the rest kept
     torn = out / f"{cases[0]}.nii.gz"
     data = torn.read_bytes()
