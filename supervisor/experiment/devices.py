@@ -108,33 +108,35 @@ RISE = 1.05  # a later peak is news once it is this much above the need last sen
 @dataclass
 class PeakWatch:
     """What a fold of each configuration really takes on its GPU: NVML's memory of the fold's trainer tree, sampled
-    while it trains, only once the fold finished an epoch (torch's caching allocator keeps what the steps and the
-    epoch's validation reserved, so the process's NVML figure is then about its peak). The first measurement of a
-    configuration replaces the planner-based estimate, up or down; a later one only raises it, by more than RISE
-    (a fold's peak is the most it took). Needs have the margin applied, as the estimate does."""
+    while it trains, once the fold finished an epoch. A measured peak (times the margin) above the need the
+    scheduler counts raises it, by more than RISE; it never lowers it below the planner's estimate: one sample can
+    miss the peak (a relaunched trainer still starting, a final validation after nnU-Net emptied its cache), and a
+    fold packed by a low sample is an OOM later. Capped at the largest GPU: a fold that ran alone fits alone, and a
+    need no device can hold would leave the rest of its configuration waiting for ever."""
 
     nvml: Nvml
     gpus: list[str]
     margin: float
+    needs: dict[str, float]  # configuration -> the need the scheduler counts now (the estimate to start with)
+    largest: float  # the largest GPU's capacity (bytes)
     peaks: dict[str, int] = field(default_factory=dict)  # configuration -> highest bytes one fold tree held
-    sent: dict[str, float] = field(default_factory=dict)  # configuration -> the need last handed to the scheduler
 
     def sample(self, trees: Iterable[tuple[str, set[int]]]) -> list[tuple[str, float]]:
         """trees: (configuration, the pids of one fold's trainer tree) for the folds past their first epoch; returns
-        the (configuration, need in bytes) that changed."""
+        the (configuration, need in bytes) that rose."""
         usage = peak_by_pid(self.nvml, self.gpus)
         for configuration, pids in trees:
             held = sum(usage.get(pid, 0) for pid in pids)
             if held:
                 self.peaks[configuration] = max(self.peaks.get(configuration, 0), held)
-        changed = []
+        rose = []
         for configuration, peak in self.peaks.items():
-            need = peak * self.margin
-            sent = self.sent.get(configuration)
-            if sent is None or need > sent * RISE:
-                self.sent[configuration] = need
-                changed.append((configuration, need))
-        return changed
+            need = min(peak * self.margin, self.largest)
+            counted = self.needs.get(configuration, 0.0)
+            if need > counted * RISE:
+                self.needs[configuration] = need
+                rose.append((configuration, need))
+        return rose
 
 
 def peak_watch(exp: ExperimentContext, packing: Pool,
@@ -149,4 +151,5 @@ def peak_watch(exp: ExperimentContext, packing: Pool,
     except Exception as exc:  # the pool read the GPUs a moment ago; if NVML is gone now, pack by the estimate
         log.warning("GPU memory of the folds will not be measured (NVML: %s); packing by the estimate", exc)
         return None
-    return PeakWatch(nvml, [d.name for d in packing.devices], exp.spec.experiment.devices.memory_margin)
+    return PeakWatch(nvml, [d.name for d in packing.devices], exp.spec.experiment.devices.memory_margin,
+                     dict(packing.needs), max(d.capacity for d in packing.devices))

@@ -204,7 +204,7 @@ class ExperimentSupervisor:
         return ended
 
     def _measure(self, now: float) -> list[Event]:
-        """NeedMeasured for each configuration whose folds were found to take other GPU memory than the scheduler
+        """NeedMeasured for each configuration whose folds were found to take more GPU memory than the scheduler
         counts (see PeakWatch): a running fold's trainer tree, by the pid its supervisor records in state.json."""
         if self.peaks is None or now - self._measured_at < MEASURE_EVERY_S:
             return []
