@@ -62,6 +62,9 @@ def pool(exp: ExperimentContext, nvml_factory: Callable[[], Nvml] = RealNvml) ->
         return Pool([Device(g, float(count)) for g in found], {c: 1.0 for c in exp.configurations},
                     f"GPUs {', '.join(found)}: {count} fold(s) each")
     need = estimated_need(spec.nnunet.plans, devices_cfg.memory_margin) * spec.nnunet.num_gpus
+    # a GPU smaller than the estimate (an 11 GB card: 8 GB target + overhead, x 1.25 is 11.9 GiB) still takes one
+    # fold: capped at the largest, or no fold would ever start
+    need = min(need, float(max(totals[g] for g in found)))
     devices = [Device(g, float(totals[g])) for g in found]
     per = ", ".join(f"{g}: {int(totals[g] // need)}" for g in found)
     return Pool(devices, {c: need for c in exp.configurations},

@@ -63,3 +63,14 @@ def test_the_supervisor_measures_its_running_folds_past_their_first_epoch(tmp_pa
         StateStore(layout.state_file).save({"pid": pid if cell == training else 999_999, "epoch": epoch})
     assert sup._measure(100.0) == [NeedMeasured("3d_fullres", 3 * GIB * 1.25)]
     assert sup._measure(100.0 + MEASURE_EVERY_S / 2) == []  # not yet time to look again
+
+
+def test_a_gpu_smaller_than_the_estimate_still_takes_one_fold(tmp_path: Path) -> None:
+    class Small(FakeNvml):
+        def memory_total(self, handle: object) -> int:
+            return 11 * GIB  # an 11 GB card: under the 11.9 GiB a default-plans fold is estimated at
+
+    exp = gpu_experiment(tmp_path)
+    packing = pool(exp, lambda: Small(n=2))
+    assert packing.by_memory and packing.needs["2d"] == 11 * GIB
+    assert "0: 1, 1: 1 fold(s)" in packing.line
