@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import select
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from supervisor.checkpoints.verify import structure_verdict
 from supervisor.context import RunContext
-from supervisor.disk.clean import BEST_WHY, LATEST_WHY, clean, clean_command, render
+from supervisor.disk import clean as clean_module
+from supervisor.disk.clean import BEST_WHY, LATEST_WHY, CleanResult, Entry, clean, clean_command, render
 from supervisor.experiment.context import ExperimentContext
 from supervisor.layout import RunLayout
+from supervisor.rundir.lock import RunLock
 from tests.conftest import REPO
-from tests.unit.disk.conftest import finish
+from tests.unit.disk.conftest import finish as finish_files
 
 DEADLINE_S = 60.0
 HOLD_LOCK = """
@@ -27,21 +33,43 @@ import sys
 from pathlib import Path
 from supervisor.rundir.lock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
-print("locked", flush=True)
+print("ready", flush=True)
 sys.stdin.read()
 """
 
 
+def write_checkpoint(path: Path, epoch: int = 1000) -> None:
+    """A zip shaped as torch.save writes one, as far as the structural check reads it (stored members, a data.pkl
+    holding a dict): what the daemon accepts without torch."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"current_epoch": epoch, "trainer_name": "nnUNetTrainer"}, 2))
+        zf.writestr("archive/version", "3\n")
+
+
+def finish(layout: RunLayout, checkpoint_bytes: int = 1000, summary: bool = True) -> None:
+    """The conftest's finished fold, its checkpoint_final.pth one that passes the structural check."""
+    finish_files(layout, checkpoint_bytes, summary)
+    write_checkpoint(layout.checkpoint("checkpoint_final.pth"))
+    assert structure_verdict(layout.checkpoint("checkpoint_final.pth")).structure_ok
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (reaped): nobody writes a temporary under it."""
+    proc = subprocess.Popen(["true"])
+    proc.wait(timeout=DEADLINE_S)
+    return proc.pid
+
+
 @contextmanager
-def lock_held_elsewhere(lock_file: Path) -> Iterator[None]:
-    """Another process holds the fold's lock (a real flock) until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock_file)], cwd=REPO, text=True,
+def child(code: str, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """A live Python child that runs code, prints "ready" and waits until the block ends; yields its pid."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], DEADLINE_S)
-        assert ready and proc.stdout.readline().strip() == "locked", proc.communicate(timeout=DEADLINE_S)[1]
-        yield
+        assert ready and proc.stdout.readline().strip() == "ready", proc.communicate(timeout=DEADLINE_S)[1]
+        yield proc.pid
     finally:
         proc.kill()
         proc.wait(timeout=DEADLINE_S)
@@ -50,14 +78,22 @@ def lock_held_elsewhere(lock_file: Path) -> Iterator[None]:
                 stream.close()
 
 
+@contextmanager
+def lock_held_elsewhere(lock_file: Path) -> Iterator[None]:
+    """Another process holds the fold's lock (a real flock) until the block ends."""
+    with child(HOLD_LOCK, str(lock_file)):
+        yield
+
+
 def ours(layout: RunLayout) -> dict[str, Path]:
     """Our leftovers of a finished fold: a snapshot, a replaced checkpoint, temporaries, a quarantined file."""
     sup = layout.supervisor_dir
+    pid = dead_pid()
     files = {
         "snapshot": sup / "snapshots" / "checkpoint_latest.epoch000007.pth",
         "replaced": sup / "replaced" / "checkpoint_latest.20260101-000000.pth",
-        "temp": layout.fold_dir / ".checkpoint_latest.pth.tmp-4242",
-        "state_temp": sup / ".state.json.tmp-4242",
+        "temp": layout.fold_dir / f".checkpoint_latest.pth.tmp-{pid}",
+        "state_temp": sup / f".state.json.tmp-{pid}",
         "quarantined": sup / "quarantine" / "checkpoint_best.20260101-000000.pth",
         "reason": sup / "quarantine" / "checkpoint_best.20260101-000000.reason.txt",
     }
@@ -233,3 +269,232 @@ def test_nothing_to_do_is_exit_0(run_config: Callable[..., RunContext]) -> None:
     assert clean_command(run_config(), dry_run=True, quarantine=False, say=said.append) == 0
     assert said == ["--dry-run: would remove 0 file(s), would free 0 B; nothing was removed"]
     assert not os.path.exists(run_config().layout.fold_dir)
+
+
+# ---- links: a fold folder, a run directory, final or best leading to latest ----
+
+
+def test_a_symlinked_fold_folder_is_not_followed(tmp_path: Path, run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    elsewhere = replace(ctx.layout, results=tmp_path / "elsewhere")  # a finished fold, somewhere else
+    finish(elsewhere)
+    leftovers = ours(elsewhere)
+    ctx.layout.fold_dir.parent.mkdir(parents=True)
+    ctx.layout.fold_dir.symlink_to(elsewhere.fold_dir, target_is_directory=True)
+    before = snapshot(elsewhere.fold_dir)
+    for dry in (True, False):
+        result = clean(ctx, dry_run=dry, quarantine=True)
+        assert not result.removed and not result.problems
+        assert "symbolic link" in next(e.reason for e in result.kept if e.path == ctx.layout.fold_dir)
+    assert snapshot(elsewhere.fold_dir) == before and leftovers["snapshot"].is_file()
+
+
+def test_a_symlinked_run_directory_keeps_the_whole_fold(tmp_path: Path,
+                                                        run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    ours(ctx.layout)
+    moved = tmp_path / "run-dir-elsewhere"
+    ctx.layout.supervisor_dir.rename(moved)
+    ctx.layout.supervisor_dir.symlink_to(moved, target_is_directory=True)
+    before = snapshot(ctx.layout.fold_dir), snapshot(moved)
+    result = clean(ctx, quarantine=True)
+    assert not result.removed and not result.problems
+    why = next(e.reason for e in result.kept if e.path == ctx.layout.fold_dir)
+    assert "run directory" in why and "symbolic link" in why
+    assert (snapshot(ctx.layout.fold_dir), snapshot(moved)) == before
+    assert not (moved / "supervisor.lock").exists()  # nothing was written through the link either
+
+
+@pytest.mark.parametrize(("name", "how"), [("checkpoint_best.pth", "symlink"), ("checkpoint_final.pth", "symlink"),
+                                           ("checkpoint_best.pth", "hardlink"), ("checkpoint_final.pth", "hardlink")])
+def test_latest_stays_while_final_or_best_leads_to_it(name: str, how: str,
+                                                      run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    latest, linked = ctx.layout.checkpoint("checkpoint_latest.pth"), ctx.layout.checkpoint(name)
+    write_checkpoint(latest)  # final may lead to it: then it is what the structural check reads
+    linked.unlink()
+    if how == "symlink":
+        linked.symlink_to("checkpoint_latest.pth")
+    else:
+        os.link(latest, linked)
+    content = latest.read_bytes()
+    result = clean(ctx)
+    assert latest.is_file() and linked.read_bytes() == content
+    assert latest not in {e.path for e in result.removed} and not result.problems
+    assert name in next(e.reason for e in result.kept if e.path == latest)
+    if name == "checkpoint_best.pth" and how == "symlink":
+        assert "symbolic link" in next(e.reason for e in result.kept if e.path == linked)
+
+
+# ---- a damaged checkpoint_final.pth keeps its fallbacks ----
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_final_keeps_latest_snapshots_and_replaced(damage: str,
+                                                             run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    leftovers = ours(ctx.layout)
+    final = ctx.layout.checkpoint("checkpoint_final.pth")
+    final.write_bytes(b"c" * 1000 if damage == "garbage" else final.read_bytes()[:-30])
+    before = snapshot(ctx.layout.fold_dir)
+    for dry in (True, False):
+        result = clean(ctx, dry_run=dry, quarantine=True)
+        assert not result.removed
+        why = next(e.reason for e in result.kept if e.path == ctx.layout.fold_dir)
+        assert why.startswith("checkpoint_final.pth does not pass the structural check (")
+        assert why.endswith("): its fallbacks are kept")
+    after = snapshot(ctx.layout.fold_dir)
+    after.pop("supervisor/supervisor.lock")  # the real clean judged final under the fold's lock
+    assert after == before and leftovers["snapshot"].is_file()
+
+
+# ---- state.json: only a known ended state (or none) is idle ----
+
+
+@pytest.mark.parametrize("doc", [{"state": 7, "pid": os.getpid()}, {"state": "Running", "pid": os.getpid()},
+                                 {"pid": os.getpid()}, {"state": None}, {"state": "paused"}])
+def test_an_unknown_state_is_a_problem_not_idle(doc: dict[str, object],
+                                                run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    ours(ctx.layout)
+    ctx.layout.state_file.write_text(json.dumps(doc))
+    before = snapshot(ctx.layout.fold_dir)
+    for dry in (True, False):
+        said: list[str] = []
+        assert clean_command(ctx, dry_run=dry, quarantine=True, say=said.append) == 1
+        assert "would remove /" not in said[0] and "removed /" not in said[0]
+        problem = next(line for line in said[0].splitlines() if line.startswith("problem: "))
+        assert "state.json" in problem and "nothing of it was touched" in problem
+    assert snapshot(ctx.layout.fold_dir) == before
+
+
+@pytest.mark.parametrize("doc", [None, {"state": "finished"}, {"state": "failed"}, {"state": "stopped"}])
+def test_no_state_or_an_ended_one_is_idle(doc: dict[str, object] | None,
+                                          run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    if doc is None:
+        ctx.layout.state_file.unlink()  # trained by nnU-Net alone, or the run directory's state gone
+    else:
+        ctx.layout.state_file.write_text(json.dumps(doc))
+    result = clean(ctx)
+    assert not result.problems and ctx.layout.checkpoint("checkpoint_latest.pth") in {e.path for e in result.removed}
+
+
+# ---- the compile cache ----
+
+
+def make_cache(model_dir: Path) -> Path:
+    cache = model_dir / ".compile-cache"
+    (cache / "inductor" / "ab").mkdir(parents=True)
+    (cache / "inductor" / "ab" / "kernel.py").write_bytes(b"k" * 200)
+    (cache / "triton").mkdir()
+    (cache / "triton" / "x.so").write_bytes(b"t" * 100)
+    return cache
+
+
+def test_a_symlinked_fold_of_the_configuration_keeps_the_cache(tmp_path: Path,
+                                                               run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config(fold=0)
+    finish(ctx.layout)
+    cache = make_cache(ctx.layout.fold_dir.parent)
+    elsewhere = tmp_path / "fold_1-on-another-disk"  # training there, with this configuration's cache
+    elsewhere.mkdir()
+    (elsewhere / "checkpoint_latest.pth").write_bytes(b"c")
+    (ctx.layout.fold_dir.parent / "fold_1").symlink_to(elsewhere, target_is_directory=True)
+    result = clean(ctx)
+    assert (cache / "triton" / "x.so").is_file() and cache not in {e.path for e in result.removed}
+    assert "fold_1" in next(e.reason for e in result.kept if e.path == cache)
+
+
+CACHE_USER = """
+import os, sys
+handle = open(sys.argv[1], "rb") if sys.argv[1] != "-" else None
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("how", ["open file", "environment"])
+def test_the_cache_stays_while_a_process_uses_it(how: str, run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config(fold=0)
+    finish(ctx.layout)
+    cache = make_cache(ctx.layout.fold_dir.parent)
+    env = dict(os.environ)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.pop("TRITON_CACHE_DIR", None)
+    if how == "environment":  # a prediction (or a trainer) started with the configuration's cache, not compiling now
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    arg = str(cache / "triton" / "x.so") if how == "open file" else "-"
+    with child(CACHE_USER, arg, env=env) as pid:
+        for dry in (True, False):
+            result = clean(ctx, dry_run=dry)
+            assert cache not in {e.path for e in result.removed}
+            assert f"pid {pid}" in next(e.reason for e in result.kept if e.path == cache)
+        assert (cache / "triton" / "x.so").is_file() and (cache / "inductor" / "ab" / "kernel.py").is_file()
+    result = clean(ctx)  # the user has ended
+    assert cache in {e.path for e in result.removed} and not cache.exists()
+
+
+def test_the_cache_goes_while_the_folds_locks_are_held(monkeypatch: pytest.MonkeyPatch,
+                                                       run_config: Callable[..., RunContext]) -> None:
+    ctx, other = run_config(fold=0), run_config(fold=1)
+    finish(ctx.layout)
+    finish(other.layout)  # another fold of the configuration, finished, not in this run.yaml
+    cache = make_cache(ctx.layout.fold_dir.parent)
+    held: list[tuple[bool, bool]] = []
+    real = clean_module._remove
+
+    def spy(entries: list[Entry], result: CleanResult) -> None:
+        if any(cache in e.path.parents for e in entries):  # a second fd's flock conflicts with ours: "elsewhere"
+            held.append((RunLock(ctx.layout.lock_file).is_held_elsewhere(),
+                         RunLock(other.layout.lock_file).is_held_elsewhere()))
+        real(entries, result)
+
+    monkeypatch.setattr(clean_module, "_remove", spy)
+    result = clean(ctx)
+    assert cache in {e.path for e in result.removed} and not cache.exists()
+    assert held == [(True, True)]
+    assert not RunLock(ctx.layout.lock_file).is_held_elsewhere()  # released after
+    assert not RunLock(other.layout.lock_file).is_held_elsewhere()
+
+
+# ---- temporaries of live writers; hard links ----
+
+
+def test_the_temporary_of_a_live_writer_stays(run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    mine = ctx.layout.fold_dir / f".checkpoint_latest.pth.tmp-{os.getpid()}"  # this process: alive
+    init = ctx.layout.supervisor_dir / ".state.json.tmp-1"  # pid 1 is alive (another user's: PermissionError)
+    gone = ctx.layout.supervisor_dir / f".events.jsonl.tmp-{dead_pid()}"
+    for p in (mine, init, gone):
+        p.write_bytes(b"t" * 50)
+    result = clean(ctx)
+    assert mine.is_file() and init.is_file() and not gone.exists()
+    kept = {e.path: e.reason for e in result.kept}
+    assert f"pid {os.getpid()}" in kept[mine] and "alive" in kept[mine] and "pid 1" in kept[init]
+    assert gone in {e.path for e in result.removed}
+
+
+def test_a_hard_linked_file_frees_nothing(tmp_path: Path, run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    leftovers = ours(ctx.layout)
+    os.link(ctx.layout.checkpoint("checkpoint_latest.pth"), tmp_path / "my-copy.pth")  # the user's copy stays
+    leftovers["replaced"].unlink()
+    os.link(leftovers["snapshot"], leftovers["replaced"])  # both links go: their 500 bytes are freed, once
+    dry = clean(ctx, dry_run=True)
+    result = clean(ctx)
+    for r in (dry, result):
+        entries = {e.path: e for e in r.removed}
+        latest = entries[ctx.layout.checkpoint("checkpoint_latest.pth")]
+        assert latest.bytes == 0 and latest.reason.endswith("(hard link: frees nothing)")
+        assert r.freed == 500 + 2 * 500  # the snapshot/replaced pair once, the two temporaries
+    assert "(0 B): " + LATEST_WHY + " (hard link: frees nothing)" in render(result)
+    assert (tmp_path / "my-copy.pth").stat().st_size == 1000
