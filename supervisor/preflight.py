@@ -108,12 +108,16 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
     dataset_json = _load_json(pre / "dataset.json", report, "dataset.json")
     if isinstance(plans, dict):
         configs = plans.get("configurations", {})
-        if nn.configuration not in configs:
+        if not isinstance(configs, dict):
+            report.problems.append(f"{nn.plans}.json: its configurations are {type(configs).__name__}, not an object "
+                                   "of configurations; nnU-Net cannot train from these plans")
+        elif nn.configuration not in configs:
             report.problems.append(f"nnunet.configuration: '{nn.configuration}' is not in {nn.plans}.json; "
-                                   f"available: {', '.join(sorted(configs))}")
+                                   f"available: {', '.join(sorted(map(str, configs)))}")
         else:
-            ident = configs[nn.configuration].get("data_identifier")
-            if ident and not (pre / ident).is_dir():
+            config = configs[nn.configuration]
+            ident = config.get("data_identifier") if isinstance(config, dict) else None
+            if isinstance(ident, str) and ident and not (pre / ident).is_dir():
                 report.problems.append(f"preprocessed data for {nn.configuration} missing: {pre / ident} "
                                        f"(run nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration})")
     _check_fold(ctx, pre, report)
@@ -129,9 +133,16 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
     for p in ctx.trainer_paths:
         if not p.is_dir():
             report.problems.append(f"nnunet.trainer_paths: {p} is not a folder")
-    _check_results(ctx, report)
+    # what one checkpoint's estimate needs, from the plans and dataset.json read above and nothing else: `run` calls
+    # this before every launch, and a damaged value there is a note, never an exception
+    try:
+        plans_bytes = (pre / f"{nn.plans}.json").stat().st_size
+    except OSError:
+        plans_bytes = 0
+    facts = DatasetFacts.from_documents(plans, dataset_json, f"{nn.plans}.json", plans_bytes)
+    _check_results(ctx, facts, report)
     if isinstance(plans, dict) and isinstance(dataset_json, dict):
-        _check_memory(ctx, plans, dataset_json, report)
+        _check_memory(ctx, plans, facts.channels, report)
 
 
 def workers_here(ctx: RunContext) -> tuple[int, str]:
@@ -149,14 +160,20 @@ def workers_here(ctx: RunContext) -> tuple[int, str]:
     return nnunet_default_workers(socket.gethostname(), os.cpu_count() or 1), "nnU-Net's default here"
 
 
-def _check_memory(ctx: RunContext, plans: dict[str, Any], dataset_json: dict[str, Any], report: Report) -> None:
+def _check_memory(ctx: RunContext, plans: dict[str, Any], channels: int, report: Report) -> None:
     """/dev/shm and RAM for nnU-Net's augmentation workers, estimated from the plans (said to be estimates: the
     real use depends on the cases and the transforms)."""
-    config = plans.get("configurations", {}).get(ctx.config.nnunet.configuration)
+    configs = plans.get("configurations")
+    config = configs.get(ctx.config.nnunet.configuration) if isinstance(configs, dict) else None
     if not isinstance(config, dict):
         return
-    channels = len(dataset_json.get("channel_names", {0: 0}) or {0: 0})
-    one = batch_bytes(config, channels)
+    try:
+        one = batch_bytes(config, channels)
+    except (TypeError, ValueError, OverflowError) as exc:
+        report.notes.append(f"memory: cannot estimate a batch: {ctx.config.nnunet.plans}.json's "
+                            f"{ctx.config.nnunet.configuration} patch_size or batch_size is not whole numbers ({exc}); "
+                            "/dev/shm and RAM not checked")
+        return
     workers, where = workers_here(ctx)
     if workers > 0:
         # the train loader queues max(6, n/2) batches, the validation loader (n/2 workers) max(3, n/4); each worker
@@ -202,8 +219,9 @@ def _check_fold(ctx: RunContext, pre: Path, report: Report) -> None:
         report.problems.append(f"nnunet.fold: {fold}; without splits_final.json nnU-Net makes 5 folds (0-4)")
 
 
-def _check_results(ctx: RunContext, report: Report) -> None:
-    """The results folder writable, and room for the next launch (two more checkpoints and the logs)."""
+def _check_results(ctx: RunContext, facts: DatasetFacts, report: Report) -> None:
+    """The results folder writable, and room for the next launch (two more checkpoints and the logs). `facts`: of
+    the plans and dataset.json only (`run` calls this before each launch: no other file of the dataset is read)."""
     probe = ctx.layout.fold_dir
     while not probe.exists():
         probe = probe.parent
@@ -214,10 +232,13 @@ def _check_results(ctx: RunContext, report: Report) -> None:
         report.problems.append(f"results folder not writable: {probe}: {exc.strerror}")
         return
     nn = ctx.config.nnunet
+    if facts.plans is None:  # unreadable plans: cheap_checks says so
+        return
     # the largest checkpoint of this configuration (any fold), else counted from the plans' network
-    one = one_checkpoint(ctx.layout.fold_dir.parent, nn.configuration,
-                         DatasetFacts.read(ctx.paths.preprocessed / ctx.dataset_name, nn.plans))
-    if one is None:  # unreadable plans: cheap_checks says so
+    notes: list[str] = []
+    one = one_checkpoint(ctx.layout.fold_dir.parent, nn.configuration, facts, notes)
+    report.notes += [f"disk: {n}" for n in (*facts.problems, *notes)]
+    if one is None:
         return
     one_bytes, how, _ = one
     free = shutil.disk_usage(probe).free
@@ -290,7 +311,14 @@ def check_disk(target: Union[RunContext, ExperimentContext], report: Report) -> 
     except (OSError, SupervisorError) as exc:
         report.notes.append(f"disk: not estimated ({exc})")
         return
-    report.notes += found.lines()
+    except Exception as exc:  # a bug of ours: check and run go on without the estimate, and say so
+        report.warnings.append(f"disk: not estimated: the estimate failed ({type(exc).__name__}: {exc}); this is a "
+                               "bug of nnunet-supervise, please report it; the free space was not checked against "
+                               "what the run will write")
+        return
+    # cheap_checks said what it found of the plans and dataset.json already (an experiment's per configuration)
+    report.notes += [line for line in found.lines()
+                     if not any(n == line or n.endswith(f": {line}") for n in report.notes)]
     report.warnings += found.warnings()
     report.problems += found.problems()
 
