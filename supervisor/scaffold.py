@@ -419,6 +419,11 @@ def init_run(args: list[str], cwd: Path, environ: Mapping[str, str], say: Say, w
         rest, out, force = _own_options(args, RUN_USAGE)
         doc, name, notes = run_document(rest, cwd, environ)
         parse_config(doc, f"nnunet-supervise init run {shlex.join(rest)}")
+        fold = doc["nnunet"]["fold"]
+        if isinstance(fold, int):  # as init experiment's -f: a fold the dataset's splits_final.json does not have
+            facts = ExperimentFacts(name)
+            _folds([fold], Path(doc["paths"]["nnUNet_preprocessed"]) / name, facts, given_as="FOLD")
+            notes += facts.notes
         target = _output(out, cwd, "run.yaml")
         shown = _shown(target, cwd)
         text = run_text(doc, rest, name, shown, when or time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -563,7 +568,8 @@ def _configurations(asked: list[str], available: list[dict[str, dict[str, Any]]]
     return chosen
 
 
-def _folds(asked: list[Union[int, str]], dataset_dir: Path, facts: ExperimentFacts) -> list[Union[int, str]]:
+def _folds(asked: list[Union[int, str]], dataset_dir: Path, facts: ExperimentFacts,
+           given_as: str = "-f") -> list[Union[int, str]]:
     """-f, else one fold per split of splits_final.json, else nnU-Net's 0-4."""
     splits = dataset_dir / "splits_final.json"
     n_splits: int | None = None
@@ -582,7 +588,7 @@ def _folds(asked: list[Union[int, str]], dataset_dir: Path, facts: ExperimentFac
         if n_splits is not None:
             beyond = [str(f) for f in folds if isinstance(f, int) and f >= n_splits]
             if beyond:
-                raise ScaffoldError(f"-f {' '.join(beyond)}: {splits} has {n_splits} folds (0-{n_splits - 1}) "
+                raise ScaffoldError(f"{given_as} {' '.join(beyond)}: {splits} has {n_splits} folds (0-{n_splits - 1}) "
                                     "and \"all\"")
         facts.folds_from = "from -f"
         return folds

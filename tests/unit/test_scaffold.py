@@ -337,9 +337,12 @@ def test_a_fold_beyond_the_splits_is_refused(env: dict[str, str], tmp_path: Path
     said = Said()
     assert init_experiment(["4", "-f", "0", "3"], tmp_path, env, said, WHEN) == 2
     assert "-f 3:" in said.text and "has 3 folds (0-2)" in said.text
+    said = Said()  # init run refuses the same fold, as nnUNetv2_train would fail on it
+    assert init_run(["4", "2d", "3"], tmp_path, env, said, WHEN) == 2
+    assert "FOLD 3: " in said.text and "has 3 folds (0-2)" in said.text and not (tmp_path / "run.yaml").exists()
+    assert init_run(["4", "2d", "2"], tmp_path, env, Said(), WHEN) == 0
 
 
-@pytest.mark.skipif("init" not in main.commands, reason="`nnunet-supervise init` is not wired into the CLI yet")
 def test_the_cli_commands(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for k, v in env.items():
