@@ -264,6 +264,11 @@ def _candidates(layout: RunLayout, quarantine: bool, result: CleanResult) -> lis
     out: list[Entry] = []
     latest = layout.checkpoint("checkpoint_latest.pth")
     final, best = layout.checkpoint("checkpoint_final.pth"), layout.checkpoint("checkpoint_best.pth")
+    linked = [p for p in (final, best) if os.path.islink(p)]
+    if linked:  # it may lead to any of latest, a snapshot, a replaced checkpoint: removing one would break it
+        result.kept.extend(Entry(p, 0, f"a symbolic link (to {_target(p)}): nothing of this fold is removed, since "
+                                       "what it leads to may be among what clean removes") for p in linked)
+        return out
     if os.path.islink(latest):
         result.kept.append(Entry(latest, 0, "a symbolic link: not followed, not removed"))
     elif _is_file(latest):

@@ -323,9 +323,26 @@ def test_latest_stays_while_final_or_best_leads_to_it(name: str, how: str,
     result = clean(ctx)
     assert latest.is_file() and linked.read_bytes() == content
     assert latest not in {e.path for e in result.removed} and not result.problems
-    assert name in next(e.reason for e in result.kept if e.path == latest)
-    if name == "checkpoint_best.pth" and how == "symlink":
-        assert "symbolic link" in next(e.reason for e in result.kept if e.path == linked)
+    if how == "symlink":  # a link may lead anywhere clean would remove: the whole fold stays
+        assert not result.removed
+        assert "nothing of this fold is removed" in next(e.reason for e in result.kept if e.path == linked)
+    else:
+        assert name in next(e.reason for e in result.kept if e.path == latest)
+
+
+def test_a_final_or_best_linked_into_our_snapshots_or_replaced_keeps_what_they_lead_to(
+        run_config: Callable[..., RunContext]) -> None:
+    ctx = run_config()
+    finish(ctx.layout)
+    leftovers = ours(ctx.layout)
+    final, best = ctx.layout.checkpoint("checkpoint_final.pth"), ctx.layout.checkpoint("checkpoint_best.pth")
+    write_checkpoint(leftovers["replaced"])
+    final.unlink()
+    final.symlink_to(leftovers["replaced"])
+    best.unlink(missing_ok=True)
+    best.symlink_to(leftovers["snapshot"])
+    result = clean(ctx, quarantine=True)
+    assert not result.removed and final.resolve().is_file() and best.resolve().is_file()
 
 
 # ---- a damaged checkpoint_final.pth keeps its fallbacks ----
