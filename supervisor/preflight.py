@@ -114,9 +114,13 @@ def cheap_checks(ctx: RunContext, report: Report) -> None:
         elif nn.configuration not in configs:
             report.problems.append(f"nnunet.configuration: '{nn.configuration}' is not in {nn.plans}.json; "
                                    f"available: {', '.join(sorted(map(str, configs)))}")
+        elif not isinstance(configs[nn.configuration], dict):
+            report.problems.append(f"{nn.plans}.json: configuration '{nn.configuration}' is "
+                                   f"{type(configs[nn.configuration]).__name__}, not an object; nnU-Net cannot train "
+                                   "from it")
         else:
             config = configs[nn.configuration]
-            ident = config.get("data_identifier") if isinstance(config, dict) else None
+            ident = config.get("data_identifier")
             if isinstance(ident, str) and ident and not (pre / ident).is_dir():
                 report.problems.append(f"preprocessed data for {nn.configuration} missing: {pre / ident} "
                                        f"(run nnUNetv2_preprocess -d {nn.dataset} -c {nn.configuration})")

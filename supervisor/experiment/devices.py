@@ -64,7 +64,8 @@ def pool(exp: ExperimentContext, nvml_factory: Callable[[], Nvml] = RealNvml) ->
     need = estimated_need(spec.nnunet.plans, devices_cfg.memory_margin) * spec.nnunet.num_gpus
     # a GPU smaller than the estimate (an 11 GB card: 8 GB target + overhead, x 1.25 is 11.9 GiB) still takes one
     # fold: capped at the largest, or no fold would ever start
-    need = min(need, float(max(totals[g] for g in found)))
+    largest = float(max(totals[g] for g in found))
+    need = min(need, largest) if largest > 0 else need
     devices = [Device(g, float(totals[g])) for g in found]
     per = ", ".join(f"{g}: {int(totals[g] // need)}" for g in found)
     return Pool(devices, {c: need for c in exp.configurations},

@@ -437,3 +437,13 @@ def test_unreadable_dataset_files_are_notes(dataset: Path) -> None:
     assert "dataset_fingerprint.json is [1, 2], not an object" in text
     assert "splits_final.json is {\"a\": 1}, not a list of folds" in text
     assert all(p.startswith("cannot estimate ") for p in facts.problems)
+
+
+@pytest.mark.parametrize("configurations", [[1], {"3d_fullres": 5}])
+def test_plans_nnunet_cannot_train_from_are_a_problem_before_the_launch(
+        configurations: object, dataset: Path, run_config: Callable[..., RunContext]) -> None:
+    plans = json.loads((dataset / "nnUNetPlans.json").read_text())
+    (dataset / "nnUNetPlans.json").write_text(json.dumps({**plans, "configurations": configurations}))
+    report = Report()
+    preflight.cheap_checks(run_config(), report)  # never a traceback
+    assert any("nnU-Net cannot train from" in p for p in report.problems), report.problems
