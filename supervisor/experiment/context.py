@@ -175,6 +175,11 @@ class ExperimentContext:
         trainer, plans = self.trainer_plans(cell)
         return next(st for st in self.studies if (st.trainer, st.plans) == (trainer, plans))
 
+    def previous_stage(self, configuration: str) -> Union[str, None]:
+        """The configuration a model of this one needs first (the cascade's low-resolution stage), trained here or
+        only named by the plans; None for the others."""
+        return self.waits_for.get(configuration) or self.previous_stages.get(configuration)
+
     def trainer_plans(self, cell: Cell) -> tuple[str, str]:
         nn = self.spec.nnunet
         return cell.trainer or nn.trainer, cell.plans or nn.plans

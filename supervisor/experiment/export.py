@@ -64,7 +64,7 @@ def plan(exp: ExperimentContext, chosen: Chosen, output: Path) -> list[Export]:
     groups: dict[tuple[str, str], list[str]] = {}
     for m in chosen.models:
         confs = groups.setdefault((m.trainer, m.plans), [])
-        prev = exp.waits_for.get(m.configuration) or exp.previous_stages.get(m.configuration)
+        prev = exp.previous_stage(m.configuration)
         for c in ([prev] if prev else []) + [m.configuration]:  # the cascade's low-resolution stage first
             if c not in confs:
                 confs.append(c)

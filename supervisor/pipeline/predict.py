@@ -96,7 +96,7 @@ def plan(exp: ExperimentContext, output: Path) -> Plan:
     steps: list[Step] = []
     made: set[str] = set()
     for m in chosen.models:
-        prev = exp.waits_for.get(m.configuration) or exp.previous_stages.get(m.configuration)
+        prev = exp.previous_stage(m.configuration)
         prev_out = None
         if prev is not None:  # the cascade: its low-resolution model predicts the same input first
             pm = Model(m.trainer, m.plans, prev)
