@@ -129,34 +129,26 @@ def _pod(exp: ExperimentContext, name: str, command: str, gpus: int, wait_for: l
 def _cells_job(exp: ExperimentContext, name: str, key: str, cells: list[Cell],
                wait_for: list[str] | None) -> dict[str, Any]:
     table = " ".join(shlex.quote(" ".join(row(c))) for c in cells)
-    if exp.is_study:  # each index names its trainer and plans too
-        command = "\n".join([
-            "set -euo pipefail",
-            f"CELLS=({table})  # index -> (configuration, fold, trainer, plans)",
-            'read -r CONFIGURATION FOLD TRAINER PLANS <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
-            'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${TRAINER} ${PLANS} ${CONFIGURATION} fold ${FOLD}"',
-            f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
-            '--fold "${FOLD}" --trainer "${TRAINER}" --plans "${PLANS}"'])
-    else:
-        command = "\n".join([
-            "set -euo pipefail",
-            f"CELLS=({table})  # index -> (configuration, fold)",
-            'read -r CONFIGURATION FOLD <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
-            'echo "nnunet-supervise: index ${JOB_COMPLETION_INDEX}: ${CONFIGURATION} fold ${FOLD}"',
-            f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
-            '--fold "${FOLD}"'])
+    # each index reads its own row of the table (in a study its trainer and plans too)
+    fields = "CONFIGURATION FOLD TRAINER PLANS" if exp.is_study else "CONFIGURATION FOLD"
+    lookup = ["set -euo pipefail", f"CELLS=({table})  # index -> ({', '.join(fields.lower().split())})",
+              f'read -r {fields} <<< "${{CELLS[$JOB_COMPLETION_INDEX]}}"']
+    own = ' --trainer "${TRAINER}" --plans "${PLANS}"' if exp.is_study else ""
+    said = "${TRAINER} ${PLANS} " if exp.is_study else ""
+    command = "\n".join([
+        *lookup,
+        f'echo "nnunet-supervise: index ${{JOB_COMPLETION_INDEX}}: {said}${{CONFIGURATION}} fold ${{FOLD}}"',
+        f'exec python -m supervisor run {CONFIG_DIR}/experiment.yaml --configuration "${{CONFIGURATION}}" '
+        f'--fold "${{FOLD}}"{own}'])
     wait_command = None
     if exp.is_study and wait_for:
         # each index waits for the stage before it of its own trainer and plans: a lowres fold of one trainer that
         # gave up fails that trainer's cascade only (the Kubernetes docs' own Indexed Job example reads
         # JOB_COMPLETION_INDEX in an init container)
         wait_command = ["bash", "-c", "\n".join([
-            "set -euo pipefail",
-            f"CELLS=({table})  # index -> (configuration, fold, trainer, plans)",
-            'read -r CONFIGURATION FOLD TRAINER PLANS <<< "${CELLS[$JOB_COMPLETION_INDEX]}"',
+            *lookup,
             f"exec python -m supervisor wait {CONFIG_DIR}/experiment.yaml "
-            + " ".join(f"--configuration {shlex.quote(c)}" for c in wait_for)
-            + ' --trainer "${TRAINER}" --plans "${PLANS}"'])]
+            + " ".join(f"--configuration {shlex.quote(c)}" for c in wait_for) + own])]
     gpus = exp.spec.nnunet.num_gpus if exp.spec.nnunet.device == "cuda" else 0
     return _indexed_job(exp, name, key, len(cells), parallelism(exp, len(cells)),
                         _pod(exp, name, command, gpus, wait_for, wait_command=wait_command), CONTAINER,
