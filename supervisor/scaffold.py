@@ -412,6 +412,17 @@ def _own_options(args: list[str], usage: str) -> tuple[list[str], str | None, bo
     return rest, out, force
 
 
+def _refused(command: str, exc: ScaffoldError | ConfigError, say: Say) -> int:
+    """A usage or config problem, said; exit 2."""
+    if isinstance(exc, ConfigError):
+        say(f"nnunet-supervise {command}: invalid settings ({exc.source}):")
+        for p in exc.problems:
+            say(f"  - {p}")
+    else:
+        say(f"nnunet-supervise {command}: {exc}")
+    return 2
+
+
 def init_run(args: list[str], cwd: Path, environ: Mapping[str, str], say: Say, when: str | None = None) -> int:
     """`nnunet-supervise init run DATASET CONFIGURATION FOLD [nnUNetv2_train's options] [-o FILE] [--force]`: 0 the
     file written, 2 a usage or config problem (said)."""
@@ -429,14 +440,8 @@ def init_run(args: list[str], cwd: Path, environ: Mapping[str, str], say: Say, w
         text = run_text(doc, rest, name, shown, when or time.strftime("%Y-%m-%d %H:%M:%S"))
         parse_config(yaml.safe_load(text), str(target))  # what was generated is a valid run.yaml, always
         _write(target, text, force)
-    except ScaffoldError as exc:
-        say(f"nnunet-supervise init run: {exc}")
-        return 2
-    except ConfigError as exc:
-        say(f"nnunet-supervise init run: invalid settings ({exc.source}):")
-        for p in exc.problems:
-            say(f"  - {p}")
-        return 2
+    except (ScaffoldError, ConfigError) as exc:
+        return _refused("init run", exc, say)
     for note in notes:
         say(f"nnunet-supervise init run: {note}")
     say(f"nnunet-supervise init run: wrote {target}")
@@ -771,14 +776,8 @@ def init_experiment(args: list[str], cwd: Path, environ: Mapping[str, str], say:
         text = experiment_text(doc, facts, args, shown, when or time.strftime("%Y-%m-%d %H:%M:%S"))
         parse_experiment(yaml.safe_load(text), str(target))  # what was generated is a valid experiment file, always
         _write(target, text, a.force)
-    except ScaffoldError as exc:
-        say(f"nnunet-supervise init experiment: {exc}")
-        return 2
-    except ConfigError as exc:
-        say(f"nnunet-supervise init experiment: invalid settings ({exc.source}):")
-        for p in exc.problems:
-            say(f"  - {p}")
-        return 2
+    except (ScaffoldError, ConfigError) as exc:
+        return _refused("init experiment", exc, say)
     for note in facts.notes:
         say(f"nnunet-supervise init experiment: {note}")
     exp = doc["experiment"]
