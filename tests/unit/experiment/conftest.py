@@ -31,3 +31,13 @@ def experiment(tmp_path: Path, data: tuple[str, ...] = ("2d", "3d_fullres", "3d_
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def two_plans(tmp_path: Path) -> Path:
+    """A study of nnUNetPlans (the four configurations) and nnUNetResEncUNetMPlans, whose plans have 2d only."""
+    path = experiment(tmp_path, experiment={"plans": ["nnUNetPlans", "nnUNetResEncUNetMPlans"], "folds": [0]})
+    pre = tmp_path / "pre" / "Dataset977_Thing"
+    (pre / "nnUNetResEncUNetMPlans.json").write_text(json.dumps({"configurations": {
+        "2d": {"data_identifier": "nnUNetResEncUNetMPlans_2d"}}}))
+    (pre / "nnUNetResEncUNetMPlans_2d").mkdir()
+    return path

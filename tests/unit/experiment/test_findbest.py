@@ -10,7 +10,7 @@ from typing import Any
 
 from supervisor.experiment.context import ExperimentContext
 from supervisor.experiment.findbest import INFORMATION, find_best_done, trained_ts
-from tests.unit.experiment.conftest import experiment
+from tests.unit.experiment.conftest import experiment, two_plans
 
 
 def information(exp: ExperimentContext, configurations: list[str] | None = None) -> dict[str, Any]:
@@ -74,12 +74,7 @@ def test_a_damaged_kept_choice_is_not_done_and_never_raises(tmp_path: Path) -> N
 
 def test_a_study_whose_plans_have_other_configurations_is_compared_on_what_nnunet_considered(tmp_path: Path) -> None:
     """nnU-Net's filter_available_models drops a configuration a plans file lacks: that model is not asked for."""
-    path = experiment(tmp_path, experiment={"plans": ["nnUNetPlans", "nnUNetResEncUNetMPlans"], "folds": [0]})
-    pre = tmp_path / "pre" / "Dataset977_Thing"
-    (pre / "nnUNetResEncUNetMPlans.json").write_text(json.dumps({"configurations": {
-        "2d": {"data_identifier": "nnUNetResEncUNetMPlans_2d"}}}))
-    (pre / "nnUNetResEncUNetMPlans_2d").mkdir()
-    exp = ExperimentContext.load(path)
+    exp = ExperimentContext.load(two_plans(tmp_path))
     for cell in exp.cells:
         summary = exp.fold_layout(cell).fold_dir / "validation" / "summary.json"
         summary.parent.mkdir(parents=True)

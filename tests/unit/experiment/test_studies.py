@@ -4,7 +4,6 @@ the SLURM and Kubernetes tables name each cell's trainer and plans; status group
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from supervisor.experiment import findbest, slurmchain, view
 from supervisor.experiment import kubernetes as k8s
 from supervisor.experiment.context import Cell, ExperimentContext
 from supervisor.experiment.schedule import Begin, CellState, Device, FoldEnded, Scheduler, Start, State
-from tests.unit.experiment.conftest import experiment
+from tests.unit.experiment.conftest import experiment, two_plans
 
 TRAINERS = ["nnUNetTrainer", "nnUNetTrainer_Short"]
 OPTS = slurmchain.Options("/venv/bin/python", time="2-00:00:00", gres="gpu:1")
@@ -227,12 +226,7 @@ def test_metrics_are_labelled_by_trainer_and_plans(tmp_path: Path) -> None:
 
 
 def test_plans_with_other_configurations_give_each_its_own_cells(tmp_path: Path) -> None:
-    path = experiment(tmp_path, experiment={"plans": ["nnUNetPlans", "nnUNetResEncUNetMPlans"], "folds": [0]})
-    pre = tmp_path / "pre" / "Dataset977_Thing"
-    (pre / "nnUNetResEncUNetMPlans.json").write_text(json.dumps({"configurations": {
-        "2d": {"data_identifier": "nnUNetResEncUNetMPlans_2d"}}}))
-    (pre / "nnUNetResEncUNetMPlans_2d").mkdir()
-    exp = ExperimentContext.load(path)
+    exp = ExperimentContext.load(two_plans(tmp_path))
     assert [c.name for c in exp.cells] == [
         "nnUNetTrainer__nnUNetPlans/2d/fold_0", "nnUNetTrainer__nnUNetPlans/3d_fullres/fold_0",
         "nnUNetTrainer__nnUNetPlans/3d_lowres/fold_0", "nnUNetTrainer__nnUNetPlans/3d_cascade_fullres/fold_0",
